@@ -1,0 +1,5 @@
+import sys
+
+from glandseg.cli import main
+
+sys.exit(main())

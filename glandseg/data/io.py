@@ -1,0 +1,146 @@
+"""Reading and writing images and label images, with clear errors and atomic writes.
+
+Images are returned as ``uint8`` arrays of shape ``(H, W, 3)`` (RGB); label images as
+2-D integer arrays (``int32`` after reading), 0 = background, 1..N = one object each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from glandseg import GlandsegError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise GlandsegError(f"{path}: file not found; check the path")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16)
+            return np.asarray(im)
+    except GlandsegError:
+        raise
+    except Exception as exc:  # PIL/tifffile raise many types for bad files
+        raise GlandsegError(
+            f"{path}: cannot read the image ({type(exc).__name__}: {exc}); "
+            "the file is unreadable or truncated, re-export or re-download it"
+        ) from exc
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an RGB image. Returns ``uint8`` ``(H, W, 3)``.
+
+    Grey images are repeated to three channels, an alpha channel is dropped,
+    16-bit images are scaled to 8 bits.
+    """
+    arr = _read_raw(Path(path))
+    if arr.dtype == np.uint16:
+        arr = (arr // 257).astype(np.uint8)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype != np.uint8:
+        raise GlandsegError(f"{path}: unsupported image dtype {arr.dtype}; save it as 8-bit RGB")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise GlandsegError(f"{path}: expected an RGB image, got an array of shape {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance label image (8/16/32-bit). Returns ``int32`` ``(H, W)``, 0 = background.
+
+    Raises :class:`GlandsegError` if the file is not a single-channel integer image
+    (an RGB annotation or a float image is not a label image).
+    """
+    arr = _read_raw(Path(path))
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        rgb = arr[..., :3]
+        if np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 0] == rgb[..., 2]):
+            arr = rgb[..., 0]
+        else:
+            raise GlandsegError(
+                f"{path}: annotation is a colour image, not a label image; "
+                "save it as a single-channel 8/16-bit image with 0 = background, 1..N = glands"
+            )
+    if arr.ndim != 2:
+        raise GlandsegError(f"{path}: a label image must be 2-D, got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise GlandsegError(
+            f"{path}: label image has dtype {arr.dtype}; save integer labels (0 = background)"
+        )
+    if arr.size and arr.min() < 0:
+        raise GlandsegError(f"{path}: label image has negative values")
+    return arr.astype(np.int32)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_label(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write a label image as a 16-bit PNG (or TIFF by extension), atomically.
+
+    ``labels``: 2-D integer array, 0 = background; at most 65535 objects.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got {labels.shape}")
+    if labels.size and labels.max() > 65535:
+        raise ValueError("more than 65535 objects do not fit a 16-bit label image")
+    with atomic_path(path) as tmp:
+        if Path(path).suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, labels.astype(np.uint16))
+        else:
+            Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB ``uint8`` ``(H, W, 3)`` image atomically (format from the extension)."""
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(
+            tmp, format=fmt.get(Path(path).suffix.lower(), "PNG")
+        )
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,135 @@
+"""Joint augmentation of image and instance mask (and boxes) with ``torchvision.transforms.v2``.
+
+Inputs are ``tv_tensors.Image`` (``uint8`` ``(3, H, W)``) and ``tv_tensors.Mask``
+(``int64`` ``(H, W)``, 0 = background, 1..N = instances); masks are always resampled
+with nearest neighbour, so instance ids survive every transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+# Ruifrok & Johnston stain matrix (rows: haematoxylin, eosin, DAB), as in skimage.color.
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
+)
+_RGB_FROM_HED[2] = torch.linalg.cross(_RGB_FROM_HED[0], _RGB_FROM_HED[1])
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+class HEDJitter(v2.Transform):
+    """Random H&E stain perturbation (Tellez et al. 2018): per stain channel
+    ``s' = s * alpha + beta`` in optical-density space. Only images are changed.
+    """
+
+    def __init__(self, sigma: float = 0.05, bias: float = 0.05) -> None:
+        super().__init__()
+        self.sigma, self.bias = sigma, bias
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        alpha = 1 + (torch.rand(3) * 2 - 1) * self.sigma
+        beta = (torch.rand(3) * 2 - 1) * self.bias
+        return {"alpha": alpha, "beta": beta}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        was_uint8 = inpt.dtype == torch.uint8
+        x = inpt.float() / 255.0 if was_uint8 else inpt.float()
+        od = -torch.log(x.clamp(min=1e-6))  # (3, H, W) optical density
+        hed = torch.einsum("chw,cd->dhw", od, _HED_FROM_RGB)
+        hed = hed * params["alpha"][:, None, None] + params["beta"][:, None, None]
+        rgb = torch.exp(-torch.einsum("dhw,dc->chw", hed, _RGB_FROM_HED)).clamp(0, 1)
+        out = (rgb * 255).round().to(torch.uint8) if was_uint8 else rgb
+        return tv_tensors.wrap(out, like=inpt)
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations to apply. ``crop``: square crop side in pixels (after scaling);
+    images smaller than the crop are zero-padded (mask padded with 0 = background)."""
+
+    crop: int = 256
+    flips: bool = True
+    rotate: bool = True
+    elastic: bool = True
+    color: bool = True
+    elastic_p: float = 0.3
+
+
+def train_transform(cfg: AugmentConfig) -> v2.Compose:
+    """The training augmentation: the study's flips and random crop, plus rotation,
+    elastic deformation and H&E colour jitter."""
+    ops: list[v2.Transform] = []
+    if cfg.rotate:
+        ops.append(v2.RandomApply([v2.RandomRotation(180, fill={tv_tensors.Mask: 0, "others": 0})], p=0.5))
+    if cfg.elastic:
+        ops.append(v2.RandomApply([v2.ElasticTransform(alpha=40.0, sigma=6.0)], p=cfg.elastic_p))
+    ops.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
+    if cfg.flips:
+        ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if cfg.color:
+        ops += [
+            HEDJitter(0.05, 0.05),
+            v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.03),
+        ]
+    return v2.Compose(ops)
+
+
+def resize_pad(
+    image: torch.Tensor, mask: torch.Tensor | None, size: int
+) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Aspect-preserving resize so the longer side is ``size``, then zero-pad to
+    ``size × size`` (bottom/right). Returns ``(image, mask, scale)``; the mask is resized
+    with nearest neighbour so ids are kept."""
+    h, w = image.shape[-2:]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    image = F.resize(image, [nh, nw], antialias=True)
+    image = F.pad(image, [0, 0, size - nw, size - nh], fill=0)
+    if mask is not None:
+        mask = F.resize(mask, [nh, nw], interpolation=v2.InterpolationMode.NEAREST)
+        mask = F.pad(mask, [0, 0, size - nw, size - nh], fill=0)
+    return image, mask, scale
+
+
+def scale_pair(image: torch.Tensor, mask: torch.Tensor | None, scale: float):
+    """Rescale image (bilinear, antialiased) and mask (nearest) by ``scale``."""
+    if scale == 1.0:
+        return image, mask
+    h, w = image.shape[-2:]
+    size = [max(1, round(h * scale)), max(1, round(w * scale))]
+    image = tv_tensors.wrap(F.resize(image, size, antialias=True), like=image) if isinstance(
+        image, tv_tensors.TVTensor) else F.resize(image, size, antialias=True)
+    if mask is not None:
+        mask = F.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST)
+    return image, mask
+
+
+def masks_to_boxes(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Instance label mask ``(H, W)`` → ``(boxes (N, 4) xyxy float, masks (N, H, W) uint8,
+    ids (N,))``. Degenerate instances (box narrower or lower than 2 px) are skipped."""
+    ids = torch.unique(mask)
+    ids = ids[ids > 0]
+    if ids.numel() == 0:
+        h, w = mask.shape[-2:]
+        return torch.zeros((0, 4)), torch.zeros((0, h, w), dtype=torch.uint8), ids
+    binary = (mask[None] == ids[:, None, None]).to(torch.uint8)
+    boxes = _boxes(binary)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
+    return boxes[keep].float(), binary[keep], ids[keep]
+
+
+def _boxes(binary: torch.Tensor) -> torch.Tensor:
+    from torchvision.ops import masks_to_boxes as mtb
+
+    b = mtb(binary)
+    b[:, 2:] += 1  # pixel-edge convention: x2, y2 exclusive
+    return b
