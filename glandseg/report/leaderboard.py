@@ -1,0 +1,347 @@
+"""Rank GlaS results against the published methods, the way the 2015 challenge did.
+
+The published table (``published.csv``, packaged with :mod:`glandseg.report`) holds, per
+method, the Test A / Test B values of the three official GlaS metrics: F1 and object Dice
+(higher is better) and object Hausdorff in pixels (lower is better). Each method gets one
+rank per metric and per part, by standard competition ranking ("1224": tied values share
+the best rank and the next rank skips); the sum of the six ranks orders the methods, and
+tied sums share a place.
+
+Our results come from the ``metrics.json`` that ``glandseg score`` writes::
+
+    {"testA": {"n_images": 60,
+               "pooled": {"f1": .., "object_dice": .., "object_hausdorff": .., "tp": .., ...},
+               "per_image": {...}},
+     "testB": {...}}
+
+The official challenge figures are the *pooled* ones, so those are ranked. Unknown keys
+are ignored.
+
+Rows of kind ``seed_claim`` (the study's own two rows) were scored with a non-official
+metric; they are ranked, as in the study's Fig. 5, but marked and footnoted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from glandseg import GlandsegError
+
+log = logging.getLogger(__name__)
+
+#: ``(column, metric key in metrics.json, part key in metrics.json, higher is better)``,
+#: in the order of the challenge table: F1 A, F1 B, object Dice A, B, Hausdorff A, B.
+COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("f1_a", "f1", "testA", True),
+    ("f1_b", "f1", "testB", True),
+    ("object_dice_a", "object_dice", "testA", True),
+    ("object_dice_b", "object_dice", "testB", True),
+    ("object_hausdorff_a", "object_hausdorff", "testA", False),
+    ("object_hausdorff_b", "object_hausdorff", "testB", False),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in COLUMNS)
+HEADERS: dict[str, str] = {
+    "f1_a": "F1 A",
+    "f1_b": "F1 B",
+    "object_dice_a": "ObjDice A",
+    "object_dice_b": "ObjDice B",
+    "object_hausdorff_a": "ObjHausdorff A",
+    "object_hausdorff_b": "ObjHausdorff B",
+}
+
+#: The 2015 challenge entries plus the study's two rows, as in the study's Fig. 5.
+DEFAULT_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim")
+#: Every kind in the packaged table (adds the strongest later methods).
+ALL_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim", "later_method")
+#: Kind given to the results ranked with :func:`rank` / :func:`rank_many`.
+OURS = "ours"
+
+MARKERS: dict[str, str] = {"seed_claim": "*", OURS: "+"}
+FOOTNOTES: dict[str, str] = {
+    "seed_claim": (
+        "scored with a non-official metric (pixel-weighted per-object F1 on binarized "
+        "masks); not comparable"
+    ),
+    OURS: "this work: official GlaS metrics (pooled over each test part)",
+}
+
+#: Values are compared at this many decimals, the precision of the published table, so
+#: that two values printed alike get the same rank. ``None`` compares full precision.
+DEFAULT_DECIMALS: int | None = 3
+
+
+@dataclass(frozen=True)
+class Method:
+    """One published (or our) result: the six official values and where they come from."""
+
+    method: str
+    kind: str
+    values: dict[str, float]
+    year: int | None = None
+    source: str = ""
+    notes: str = ""
+
+
+@dataclass
+class Row:
+    """One ranked row of the leaderboard.
+
+    ``ranks`` maps each column of :data:`COLUMN_NAMES` to its competition rank,
+    ``rank_sum`` is their sum and ``place`` the competition rank of the sum (1 = best).
+    """
+
+    method: str
+    kind: str
+    values: dict[str, float]
+    ranks: dict[str, int] = field(default_factory=dict)
+    rank_sum: int = 0
+    place: int = 0
+    year: int | None = None
+    source: str = ""
+
+    @property
+    def marker(self) -> str:
+        """``"*"`` for the study's non-official rows, ``"+"`` for ours, else ``""``."""
+        return MARKERS.get(self.kind, "")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dict: method, kind, year, each value and its rank, rank_sum, place, source."""
+        d: dict[str, Any] = {"place": self.place, "method": self.method, "kind": self.kind}
+        d["year"] = self.year
+        for col in COLUMN_NAMES:
+            d[col] = self.values[col]
+            d[f"{col}_rank"] = self.ranks[col]
+        d["rank_sum"] = self.rank_sum
+        d["source"] = self.source
+        return d
+
+
+def load_published(path: str | os.PathLike | None = None) -> list[Method]:
+    """Read the published table (the packaged ``published.csv`` unless ``path`` is given)."""
+    if path is None:
+        text = resources.files("glandseg.report").joinpath("published.csv").read_text("utf-8")
+        where = "glandseg/report/published.csv"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise GlandsegError(f"{p}: file not found; check the path")
+        text = p.read_text(encoding="utf-8")
+        where = str(p)
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"method", "kind", *COLUMN_NAMES} - set(reader.fieldnames or ())
+    if missing:
+        raise GlandsegError(f"{where}: missing columns {sorted(missing)}")
+    methods = []
+    for i, rec in enumerate(reader, start=2):
+        try:
+            values = {col: float(rec[col]) for col in COLUMN_NAMES}
+            year = int(rec["year"]) if rec.get("year") else None
+        except (TypeError, ValueError) as exc:
+            raise GlandsegError(f"{where}, line {i}: bad number ({exc})") from exc
+        methods.append(
+            Method(
+                method=rec["method"].strip(),
+                kind=rec["kind"].strip(),
+                values=values,
+                year=year,
+                source=(rec.get("source") or "").strip(),
+                notes=(rec.get("notes") or "").strip(),
+            )
+        )
+    return methods
+
+
+def metrics_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The six official pooled values of a ``metrics.json`` dict, keyed by :data:`COLUMN_NAMES`.
+
+    A ``null`` or NaN value is kept as NaN (it ranks last). Raises :class:`GlandsegError`
+    (without a file name; the caller adds it) if a part, ``pooled`` or a metric is missing
+    or not a number.
+    """
+    if not isinstance(metrics, Mapping):
+        raise GlandsegError(
+            f"expected a JSON object with testA and testB, got {type(metrics).__name__}"
+        )
+    values: dict[str, float] = {}
+    for col, key, part, _ in COLUMNS:
+        section = metrics.get(part)
+        if not isinstance(section, Mapping):
+            raise GlandsegError(
+                f"no {part!r} section; expected the metrics.json that 'glandseg score' writes "
+                "(with testA and testB)"
+            )
+        pooled = section.get("pooled")
+        if not isinstance(pooled, Mapping):
+            raise GlandsegError(f"{part!r} has no 'pooled' section")
+        if key not in pooled:
+            raise GlandsegError(f"{part}.pooled has no {key!r}")
+        v = pooled[key]
+        if v is None:
+            v = math.nan
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise GlandsegError(f"{part}.pooled.{key} is not a number: {v!r}")
+        values[col] = float(v)
+        if not math.isfinite(values[col]):
+            log.warning("%s.pooled.%s is %s; it ranks last", part, key, v)
+    return values
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``metrics.json``; raises :class:`GlandsegError` naming the file if it is
+    missing, not JSON, or lacks the pooled testA / testB metrics."""
+    p = Path(path)
+    if not p.is_file():
+        raise GlandsegError(
+            f"{p}: file not found; pass the metrics.json that 'glandseg score' wrote"
+        )
+    try:
+        metrics = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GlandsegError(f"{p}: not a valid JSON file ({exc})") from exc
+    try:
+        metrics_values(metrics)
+    except GlandsegError as exc:
+        raise GlandsegError(f"{p}: {exc}") from exc
+    return metrics
+
+
+def competition_ranks(
+    values: Sequence[float], higher_is_better: bool, decimals: int | None = None
+) -> list[int]:
+    """Standard competition ranks ("1224") of ``values``; NaN ranks last (ties with NaN).
+
+    ``decimals`` rounds before comparing (values printed alike tie).
+    """
+
+    def key(v: float) -> float:
+        if not math.isfinite(v):
+            return math.inf
+        if decimals is not None:
+            v = round(v, decimals)
+        return -v if higher_is_better else v
+
+    keys = [key(v) for v in values]
+    return [1 + sum(k2 < k for k2 in keys) for k in keys]
+
+
+def rank_many(
+    results: Mapping[str, Mapping[str, Any]],
+    table: Iterable[Method] | None = None,
+    kinds: Iterable[str] | None = DEFAULT_KINDS,
+    decimals: int | None = DEFAULT_DECIMALS,
+) -> list[Row]:
+    """Rank several of our results (``name → metrics.json dict``) with the published rows.
+
+    ``table``: published methods (default: the packaged table); ``kinds``: which kinds of
+    published rows to include (default :data:`DEFAULT_KINDS`, ``None`` = all). Our rows get
+    kind ``"ours"``. Returns the rows sorted by place (then by the table's order).
+    """
+    published = load_published() if table is None else list(table)
+    if kinds is not None:
+        kinds = set(kinds)
+        published = [m for m in published if m.kind in kinds]
+    entries = list(published)
+    taken = {m.method for m in published}
+    for name, metrics in results.items():
+        if name in taken:
+            raise GlandsegError(
+                f"name {name!r} is already a row of the table; pick another name (--name)"
+            )
+        taken.add(name)
+        entries.append(Method(method=name, kind=OURS, values=metrics_values(metrics)))
+
+    rows = [
+        Row(method=m.method, kind=m.kind, values=dict(m.values), year=m.year, source=m.source)
+        for m in entries
+    ]
+    for col, _, _, higher in COLUMNS:
+        ranks = competition_ranks([r.values[col] for r in rows], higher, decimals)
+        for r, k in zip(rows, ranks, strict=True):
+            r.ranks[col] = k
+    for r in rows:
+        r.rank_sum = sum(r.ranks.values())
+    places = competition_ranks([float(r.rank_sum) for r in rows], higher_is_better=False)
+    for r, p in zip(rows, places, strict=True):
+        r.place = p
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].place, i))
+    return [rows[i] for i in order]
+
+
+def rank(
+    metrics: Mapping[str, Any],
+    name: str,
+    table: Iterable[Method] | None = None,
+    kinds: Iterable[str] | None = DEFAULT_KINDS,
+    decimals: int | None = DEFAULT_DECIMALS,
+) -> list[Row]:
+    """Rank one result (a ``metrics.json`` dict) named ``name``; see :func:`rank_many`."""
+    return rank_many({name: metrics}, table=table, kinds=kinds, decimals=decimals)
+
+
+def _fmt_value(v: float) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.3f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table like the study's Fig. 5: method, the six values each with its
+    rank in parentheses, the rank sum and the place; footnotes for marked rows."""
+    header = ["Place", "Method", *(HEADERS[c] for c in COLUMN_NAMES), "Rank sum"]
+    body = []
+    for r in rows:
+        body.append(
+            [
+                str(r.place),
+                f"{r.method}{r.marker}",
+                *(f"{_fmt_value(r.values[c])} ({r.ranks[c]})" for c in COLUMN_NAMES),
+                str(r.rank_sum),
+            ]
+        )
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    left = {1}  # the method column is left-aligned, numbers right-aligned
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(b) for b in body]
+    kinds_present = {r.kind for r in rows}
+    notes = [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", OURS) if k in kinds_present]
+    notes.append(
+        "Object Hausdorff in pixels, lower is better; per metric and part, competition "
+        "ranking (ties share the best rank); the rank sum orders the methods."
+    )
+    return "\n".join(out + [""] + notes) + "\n"
+
+
+def rows_to_csv(rows: Sequence[Row]) -> str:
+    """The ranked rows as CSV text (columns of :meth:`Row.as_dict`)."""
+    buf = io.StringIO()
+    dicts = [r.as_dict() for r in rows]
+    fields = list(dicts[0]) if dicts else ["place", "method", "kind"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for d in dicts:
+        writer.writerow({k: ("" if v is None else v) for k, v in d.items()})
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Row]) -> None:
+    """Write the ranked rows as CSV, atomically."""
+    from glandseg.data.io import write_text
+
+    write_text(path, rows_to_csv(rows))

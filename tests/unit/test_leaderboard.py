@@ -1,0 +1,149 @@
+"""Leaderboard: competition ranking, rank sums, the packaged table and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from glandseg import GlandsegError
+from glandseg.cli import main
+from glandseg.report import leaderboard as lb
+
+
+def _metrics(f1a, f1b, da, db, ha, hb) -> dict:
+    def part(f1, d, h, n):
+        pooled = {"f1": f1, "object_dice": d, "object_hausdorff": h, "tp": 1, "fp": 0, "fn": 0}
+        return {"n_images": n, "pooled": pooled, "per_image": dict(pooled), "bce": 0.1}
+
+    return {"testA": part(f1a, da, ha, 60), "testB": part(f1b, db, hb, 20)}
+
+
+def _method(name, vals, kind="challenge_entry") -> lb.Method:
+    return lb.Method(method=name, kind=kind, values=dict(zip(lb.COLUMN_NAMES, vals, strict=True)))
+
+
+def test_competition_ranks_1224() -> None:
+    assert lb.competition_ranks([0.9, 0.8, 0.8, 0.7], higher_is_better=True) == [1, 2, 2, 4]
+    assert lb.competition_ranks([0.9, 0.9, 0.9], higher_is_better=True) == [1, 1, 1]
+    # lower is better (Hausdorff)
+    assert lb.competition_ranks([50.0, 30.0, 30.0, 10.0], higher_is_better=False) == [4, 2, 2, 1]
+    # NaN ranks last
+    assert lb.competition_ranks([float("nan"), 1.0], higher_is_better=False) == [2, 1]
+    # rounding to the table's precision makes values printed alike tie
+    assert lb.competition_ranks([0.9121, 0.912], True, decimals=3) == [1, 1]
+    assert lb.competition_ranks([0.9121, 0.912], True, decimals=None) == [1, 2]
+
+
+def test_rank_ties_hausdorff_and_rank_sum_order() -> None:
+    table = [
+        _method("A", (0.9, 0.8, 0.9, 0.8, 50.0, 100.0)),
+        _method("B", (0.8, 0.8, 0.8, 0.7, 40.0, 90.0)),
+        _method("S", (0.95, 0.95, 0.95, 0.95, 10.0, 10.0), kind="seed_claim"),
+        _method("L", (0.99, 0.99, 0.99, 0.99, 1.0, 1.0), kind="later_method"),
+    ]
+    rows = lb.rank(_metrics(0.9, 0.7, 0.8, 0.9, 60.0, 90.0), "ours", table=table)
+    by = {r.method: r for r in rows}
+    assert set(by) == {"A", "B", "S", "ours"}  # later methods excluded by default
+    # F1 A: S .95 (1), A .9 and ours .9 tie (2, 2), B .8 (4)
+    assert [by[m].ranks["f1_a"] for m in ("S", "A", "ours", "B")] == [1, 2, 2, 4]
+    # F1 B: S (1), A and B tie at .8 (2, 2), ours .7 (4)
+    assert [by[m].ranks["f1_b"] for m in ("S", "A", "B", "ours")] == [1, 2, 2, 4]
+    # Hausdorff: lower is better; S 10 (1), B 40 (2), A 50 (3), ours 60 (4)
+    assert [by[m].ranks["object_hausdorff_a"] for m in ("S", "B", "A", "ours")] == [1, 2, 3, 4]
+    assert [by[m].ranks["object_hausdorff_b"] for m in ("S", "B", "ours", "A")] == [1, 2, 2, 4]
+    for r in rows:
+        assert r.rank_sum == sum(r.ranks.values())
+    sums = [r.rank_sum for r in rows]
+    assert sums == sorted(sums)
+    assert rows[0].method == "S" and rows[0].place == 1
+    # object Dice A: S (1), A (2), B and ours tie at .8 (3, 3)
+    assert [by[m].ranks["object_dice_a"] for m in ("S", "A", "B", "ours")] == [1, 2, 3, 3]
+    # A: 2+2+2+3+3+4 = 16; ours: 2+4+3+2+4+2 = 17; B: 4+2+3+4+2+2 = 17 -> tie shares place 3
+    assert by["A"].rank_sum == 16 and by["A"].place == 2
+    assert by["ours"].rank_sum == by["B"].rank_sum == 17
+    assert by["ours"].place == by["B"].place == 3
+    assert by["S"].marker == "*" and by["ours"].kind == lb.OURS and by["A"].marker == ""
+
+    with_later = lb.rank(_metrics(0.9, 0.7, 0.8, 0.9, 60.0, 90.0), "ours", table, kinds=None)
+    assert with_later[0].method == "L"
+
+
+def test_packaged_table_and_table_format() -> None:
+    table = lb.load_published()
+    kinds = {m.kind for m in table}
+    assert kinds == set(lb.ALL_KINDS)
+    assert {"CUMedVision2", "DTU-UNET", "DTU-MASKRCNN"} <= {m.method for m in table}
+    rows = lb.rank_many(
+        {
+            "unet": _metrics(0.9, 0.75, 0.88, 0.79, 50.0, 150.0),
+            "maskrcnn": _metrics(0.91, 0.8, 0.89, 0.8, 45.0, 120.0),
+        }
+    )
+    names = [r.method for r in rows]
+    assert "unet" in names and "maskrcnn" in names and "SDT" not in names
+    assert len(rows) == sum(m.kind in lb.DEFAULT_KINDS for m in table) + 2
+    text = lb.format_table(rows)
+    assert "DTU-UNET*" in text and "DTU-MASKRCNN*" in text
+    assert "non-official metric" in text and "not comparable" in text
+    line = next(ln for ln in text.splitlines() if "CUMedVision2" in ln)
+    assert "0.912 (" in line and "45.418 (" in line
+    all_rows = lb.rank(
+        {
+            "testA": {"pooled": {"f1": 1, "object_dice": 1, "object_hausdorff": 0}},
+            "testB": {"pooled": {"f1": 1, "object_dice": 1, "object_hausdorff": 0}},
+        },
+        "perfect",
+        kinds=lb.ALL_KINDS,
+    )
+    assert "SDT" in [r.method for r in all_rows]
+    assert all_rows[0].method == "perfect" and all_rows[0].rank_sum == 6
+
+
+def test_bad_metrics_and_name_clash() -> None:
+    with pytest.raises(GlandsegError, match="testB"):
+        lb.metrics_values({"testA": _metrics(1, 1, 1, 1, 0, 0)["testA"]})
+    bad = _metrics(1, 1, 1, 1, 0, 0)
+    bad["testA"]["pooled"]["f1"] = "high"
+    with pytest.raises(GlandsegError, match="f1"):
+        lb.metrics_values(bad)
+    with pytest.raises(GlandsegError, match="already a row"):
+        lb.rank(_metrics(1, 1, 1, 1, 0, 0), "CUMedVision2")
+
+
+def test_cli_prints_our_row_and_writes_csv(tmp_path: Path, capsys) -> None:
+    p = tmp_path / "metrics.json"
+    p.write_text(json.dumps(_metrics(0.95, 0.93, 0.93, 0.9, 30.0, 60.0)))
+    out_csv = tmp_path / "lb.csv"
+    assert main(["leaderboard", str(p), "--name", "my-unet", "--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[2]
+    assert first.split()[0] == "1" and "my-unet+" in first  # best on every metric
+    assert "CUMedVision2" in out and "SDT" not in out
+    rows = list(csv.DictReader(out_csv.open()))
+    assert rows[0]["method"] == "my-unet" and rows[0]["rank_sum"] == "6"
+
+    assert main(["leaderboard", str(p), "--all"]) == 0
+    assert "SDT" in capsys.readouterr().out
+    # default name: the folder of a file called metrics.json
+    assert main(["leaderboard", str(p)]) == 0
+    assert tmp_path.name in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content", ['{"testA": {"pooled": {}}}', "not json {", '{"testB": 3}', "[1, 2]"]
+)
+def test_cli_error_on_malformed_json(tmp_path: Path, capsys, content: str) -> None:
+    p = tmp_path / "broken_metrics.json"
+    p.write_text(content)
+    assert main(["leaderboard", str(p)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken_metrics.json" in err
+
+
+def test_cli_error_on_missing_file(tmp_path: Path, capsys) -> None:
+    assert main(["leaderboard", str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "not found" in err
