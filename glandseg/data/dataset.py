@@ -53,6 +53,10 @@ class GlasDataset(Dataset):
                 f"no annotation for {', '.join(missing[:5])}; training and validation need "
                 "<stem>_anno files next to the images"
             )
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         self.samples = list(samples)
         self.transform = transform
         self.scale = scale
@@ -65,7 +69,10 @@ class GlasDataset(Dataset):
         return len(self.samples) * self.repeats
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded, scaled ``(image uint8 (3, H, W), labels int64 (H, W))`` of sample ``i``."""
+        """Decoded, scaled ``(image uint8 (3, H, W), labels int64 (H, W))`` of sample ``i``.
+
+        With ``cache`` the same tensors are returned on every call: do not modify them.
+        """
         if i in self._cache:
             return self._cache[i]
         s = self.samples[i]
@@ -87,6 +94,8 @@ class GlasDataset(Dataset):
         image, mask = tv_tensors.Image(img), tv_tensors.Mask(lab)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
+        elif self.cache:
+            mask = mask.clone()  # the item must not share memory with the cache
         item = {
             "image": image.as_subclass(torch.Tensor).float() / 255.0,
             "labels": mask.as_subclass(torch.Tensor).long(),
@@ -97,6 +106,10 @@ class GlasDataset(Dataset):
         return item
 
 
+def _patient_key(s: Sample) -> object:
+    return s.patient if s.patient is not None else f"_{s.name}"
+
+
 def patient_split(
     samples: Sequence[Sample], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Sample], list[Sample]]:
@@ -104,36 +117,46 @@ def patient_split(
 
     Patients are shuffled with ``seed`` and added to validation until it holds about
     ``val_fraction`` of the images, keeping benign and malignant patients in proportion
-    where grades are known. Samples without a patient ID are each their own patient.
+    where grades are known (each patient counts under the grade of most of its images).
+    Samples without a patient ID are each their own patient. Both lists keep the input order.
     """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     groups: dict[object, list[Sample]] = {}
     for s in samples:
-        key = s.patient if s.patient is not None else f"_{s.name}"
-        groups.setdefault(key, []).append(s)
+        groups.setdefault(_patient_key(s), []).append(s)
+
+    def majority(k: object) -> str:
+        grades = [s.grade for s in groups[k]]
+        return "malignant" if grades.count("malignant") * 2 > len(grades) else "benign"
+
     rng = random.Random(seed)
     keys = sorted(groups, key=str)
     rng.shuffle(keys)
-    target = val_fraction * len(samples)
+    queues: dict[str, list[object]] = {"malignant": [], "benign": []}
+    for k in keys:
+        queues[majority(k)].append(k)
+    # Per-grade targets in images, so validation keeps the data set's grade proportions.
+    targets = {g: val_fraction * sum(len(groups[k]) for k in q) for g, q in queues.items()}
+    taken = {g: 0 for g in queues}
     val_keys: set = set()
-    n_val = 0
-    # Alternate malignant-majority and benign-majority patients for balance.
-    def majority(k: object) -> str:
-        grades = [s.grade for s in groups[k]]
-        return "malignant" if grades.count("malignant") * 2 >= len(grades) else "benign"
-
-    queues = {g: [k for k in keys if majority(k) == g] for g in ("malignant", "benign")}
-    turn = ["malignant", "benign"]
-    t = 0
-    while n_val < target and (queues["malignant"] or queues["benign"]):
-        g = turn[t % 2]
-        t += 1
-        if not queues[g]:
-            continue
+    while True:
+        # The grade furthest below its target (relative to it) takes its next patient.
+        open_grades = [g for g in queues if queues[g] and taken[g] < targets[g]]
+        if not open_grades:
+            break
+        g = min(open_grades, key=lambda g: (taken[g] / targets[g], g))
         k = queues[g].pop(0)
-        if n_val + len(groups[k]) > target * 1.5 and n_val > 0:
+        n = len(groups[k])
+        # Skip a patient that would overshoot the target by much (try the next one).
+        if taken[g] + n > targets[g] * 1.5 + 1:
             continue
         val_keys.add(k)
-        n_val += len(groups[k])
-    train = [s for s in samples if (s.patient if s.patient is not None else f"_{s.name}") not in val_keys]
-    val = [s for s in samples if (s.patient if s.patient is not None else f"_{s.name}") in val_keys]
+        taken[g] += n
+    if not val_keys and val_fraction > 0 and len(groups) > 1:
+        # Every patient was too big for the target: take the smallest one.
+        val_keys.add(min(keys, key=lambda k: len(groups[k])))
+    train = [s for s in samples if _patient_key(s) not in val_keys]
+    val = [s for s in samples if _patient_key(s) in val_keys]
+    log.debug("patient split: %d train, %d validation images", len(train), len(val))
     return train, val

@@ -47,35 +47,68 @@ def split_of(stem: str) -> str:
     return m.group(1) if m else "other"
 
 
-def _sort_key(stem: str) -> tuple:
-    m = _STEM_RE.match(stem)
-    if m:
-        return (SPLITS.index(m.group(1)), int(m.group(2)), stem)
-    return (len(SPLITS), 0, stem)
+def _natural(text: str) -> tuple:
+    """Sort key that orders ``img2`` before ``img10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _sort_key(sample: Sample) -> tuple:
+    rank = SPLITS.index(sample.split) if sample.split in SPLITS else len(SPLITS)
+    return (rank, _natural(sample.name))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_grades(path: str | Path) -> dict[str, tuple[str, int]]:
     """Parse GlaS ``Grade.csv`` → ``{name: (grade, patient_id)}``.
 
-    Copes with the original file's CR-only line endings, CRLF or LF, and the spaces
-    after commas (``testA_1,4, benign, adenomatous``).
+    Copes with the original file's CR-only line endings, CRLF or LF, the spaces
+    after commas (``testA_1,4, benign, adenomatous``), a byte-order mark, and a
+    missing header line. Grades are lower-cased (``benign``/``malignant``).
     """
     path = Path(path)
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise GlandsegError(f"{path}: cannot read Grade.csv ({exc})") from exc
     lines = [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()]
     if not lines:
         raise GlandsegError(f"{path}: empty Grade.csv")
     out: dict[str, tuple[str, int]] = {}
-    for i, line in enumerate(lines[1:], start=2):
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < 3:
+    for i, line in enumerate(lines, start=1):
+        cells = [c.strip().strip('"').strip() for c in line.split(",")]
+        if i == 1 and (len(cells) < 2 or not _is_int(cells[1])):
+            continue  # the header line ("name, patient ID, grade (GlaS), ...")
+        if len(cells) < 3 or not cells[0]:
             raise GlandsegError(f"{path}:{i}: expected 'name, patient ID, grade', got {line!r}")
-        try:
-            patient = int(cells[1])
-        except ValueError as exc:
-            raise GlandsegError(f"{path}:{i}: patient ID {cells[1]!r} is not an integer") from exc
-        out[cells[0]] = (cells[2].lower(), patient)
+        if not _is_int(cells[1]):
+            raise GlandsegError(f"{path}:{i}: patient ID {cells[1]!r} is not an integer")
+        out[cells[0]] = (cells[2].lower(), int(cells[1]))
     return out
+
+
+def _candidate_files(root: Path) -> list[Path]:
+    """Image-like files of ``root`` and its direct sub-folders, hidden ones left out
+    (``.ipynb_checkpoints/`` copies, ``._train_1.bmp`` macOS resource forks)."""
+    out = []
+    for p in [*root.iterdir(), *root.glob("*/*")]:
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+            out.append(p)
+    return out
+
+
+# Preference among copies of one stem: the official BMP, then PNG, then TIFF.
+_EXT_ORDER = {e: i for i, e in enumerate((".bmp", ".png", ".tif", ".tiff"))}
+_FOLDER_SPLITS = {s.lower(): s for s in SPLITS}
 
 
 def _find_grade_csv(root: Path) -> Path | None:
@@ -85,12 +118,37 @@ def _find_grade_csv(root: Path) -> Path | None:
     return None
 
 
+def _index(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``(images, annotations)`` of ``root``, both keyed by image stem."""
+    by_stem: dict[str, Path] = {}
+    annos: dict[str, Path] = {}
+    for p in sorted(_candidate_files(root)):
+        stem = p.stem
+        if stem.endswith("_anno"):
+            key, table = stem[: -len("_anno")], annos
+        elif stem.endswith("_overlay"):
+            continue
+        else:
+            key, table = stem, by_stem
+        old = table.get(key)
+        if old is not None:
+            if old.parent != p.parent:
+                log.warning("%s: same name as %s; using the first", p, old)
+                continue
+            if _EXT_ORDER.get(p.suffix.lower(), 9) >= _EXT_ORDER.get(old.suffix.lower(), 9):
+                continue
+        table[key] = p
+    return by_stem, annos
+
+
 def discover(root: str | Path, splits: tuple[str, ...] | None = None) -> list[Sample]:
     """List the samples of a GlaS-like folder (searched up to one sub-folder deep).
 
     Returns samples sorted by split then number. An image without annotation has
-    ``anno=None``. ``splits`` keeps only those parts. Raises :class:`GlandsegError`
-    if the folder does not exist or holds no images.
+    ``anno=None``. The split comes from the name (``train_3``, ``testA_7``); other names
+    get the split of their folder when it is called ``train``, ``testA`` or ``testB``, and
+    ``"other"`` elsewhere. ``splits`` keeps only those parts. Raises
+    :class:`GlandsegError` if the folder does not exist or holds no images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -98,48 +156,27 @@ def discover(root: str | Path, splits: tuple[str, ...] | None = None) -> list[Sa
             f"{root}: no such folder; download GlaS (Warwick-QU) and pass the folder holding "
             "train_1.bmp, testA_1.bmp, ... (or train/ and test/ sub-folders)"
         )
-    files = [p for p in [*root.iterdir(), *root.glob("*/*")] if p.is_file()]
-    by_stem: dict[str, Path] = {}
-    annos: dict[str, Path] = {}
-    for p in files:
-        if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
-            continue
-        stem = p.stem
-        if stem.endswith("_anno"):
-            key, table = stem[: -len("_anno")], annos
-        elif stem.endswith(("_overlay",)):
-            continue
-        else:
-            key, table = stem, by_stem
-        if key in table and table[key] != p:
-            # Prefer the official BMP, then PNG, then TIFF, for a stable choice.
-            order = {e: i for i, e in enumerate((".bmp", ".png", ".tif", ".tiff"))}
-            if order.get(p.suffix.lower(), 9) >= order.get(table[key].suffix.lower(), 9):
-                continue
-        table[key] = p
+    by_stem, annos = _index(root)
     if not by_stem:
         raise GlandsegError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTS)})")
     grades_path = _find_grade_csv(root)
     grades = read_grades(grades_path) if grades_path else {}
     samples = []
-    for stem in sorted(by_stem, key=_sort_key):
+    for stem, image in by_stem.items():
         split = split_of(stem)
+        if split == "other" and image.parent != root:
+            split = _FOLDER_SPLITS.get(image.parent.name.lower(), "other")
         if splits is not None and split not in splits:
             continue
         grade, patient = grades.get(stem, (None, None))
-        samples.append(Sample(stem, by_stem[stem], annos.get(stem), split, grade, patient))
-    orphans = sorted(set(annos) - set(by_stem))
-    for o in orphans:
+        samples.append(Sample(stem, image, annos.get(stem), split, grade, patient))
+    samples.sort(key=_sort_key)
+    for o in sorted(set(annos) - set(by_stem)):
         log.warning("%s: annotation without an image", annos[o])
     return samples
 
 
 def orphan_annotations(root: str | Path) -> list[Path]:
     """Annotation files of ``root`` that have no matching image (for ``data check``)."""
-    root = Path(root)
-    files = [p for p in [*root.iterdir(), *root.glob("*/*")] if p.is_file()]
-    stems = {p.stem for p in files if p.suffix.lower() in IMAGE_EXTS}
-    return sorted(
-        p for p in files
-        if p.suffix.lower() in IMAGE_EXTS and p.stem.endswith("_anno") and p.stem[:-5] not in stems
-    )
+    by_stem, annos = _index(Path(root))
+    return sorted(annos[k] for k in set(annos) - set(by_stem))

@@ -23,8 +23,18 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")
 
+# PIL modes whose pixels are not directly RGB/grey values: converted to RGB for images.
+_CONVERT_TO_RGB = ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX")
 
-def _read_raw(path: Path) -> np.ndarray:
+# The process umask, read once: files from :func:`atomic_path` get ordinary permissions
+# (mkstemp creates them 0600).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _read_raw(path: Path, rgb: bool = False) -> np.ndarray:
+    """Decode ``path`` to an array. ``rgb``: convert palette/CMYK/... PIL modes to RGB
+    (for images; label images keep palette indices, which are the labels)."""
     path = Path(path)
     if not path.is_file():
         raise GlandsegError(f"{path}: file not found; check the path")
@@ -35,8 +45,10 @@ def _read_raw(path: Path) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(im, dtype=np.uint16)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                return np.asarray(im).astype(np.uint16)
+            if rgb and im.mode in _CONVERT_TO_RGB:
+                return np.asarray(im.convert("RGB"))
             return np.asarray(im)
     except GlandsegError:
         raise
@@ -53,7 +65,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Grey images are repeated to three channels, an alpha channel is dropped,
     16-bit images are scaled to 8 bits.
     """
-    arr = _read_raw(Path(path))
+    arr = _read_raw(Path(path), rgb=True)
     if arr.dtype == np.uint16:
         arr = (arr // 257).astype(np.uint8)
     elif arr.dtype == bool:
@@ -96,6 +108,30 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image or label file from its header, without decoding
+    the pixels. Raises :class:`GlandsegError` if the file cannot be opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlandsegError(f"{path}: file not found; check the path")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+            if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
+                return int(shape[1]), int(shape[2])  # planar (C, H, W)
+            return int(shape[0]), int(shape[1])
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise GlandsegError(
+            f"{path}: cannot read the image header ({type(exc).__name__}: {exc}); "
+            "the file is unreadable, re-export or re-download it"
+        ) from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
@@ -106,6 +142,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -120,6 +158,12 @@ def write_label(path: str | os.PathLike, labels: np.ndarray) -> None:
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must not be negative (0 = background)")
     if labels.size and labels.max() > 65535:
         raise ValueError("more than 65535 objects do not fit a 16-bit label image")
     with atomic_path(path) as tmp:

@@ -7,6 +7,7 @@ with nearest neighbour, so instance ids survive every transform.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# Ruifrok & Johnston stain matrix (rows: haematoxylin, eosin, DAB), as in skimage.color.
+log = logging.getLogger(__name__)
+
+# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, residual), rows normalised;
+# the third row is replaced by H x E (as skimage does for its H-E-residual matrices).
 _RGB_FROM_HED = torch.tensor(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float32
 )
@@ -69,7 +73,13 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
     elastic deformation and H&E colour jitter."""
     ops: list[v2.Transform] = []
     if cfg.rotate:
-        ops.append(v2.RandomApply([v2.RandomRotation(180, fill={tv_tensors.Mask: 0, "others": 0})], p=0.5))
+        # Bilinear for the image; v2 always resamples masks with nearest neighbour.
+        rot = v2.RandomRotation(
+            180,
+            interpolation=v2.InterpolationMode.BILINEAR,
+            fill={tv_tensors.Mask: 0, "others": 0},
+        )
+        ops.append(v2.RandomApply([rot], p=0.5))
     if cfg.elastic:
         ops.append(v2.RandomApply([v2.ElasticTransform(alpha=40.0, sigma=6.0)], p=cfg.elastic_p))
     ops.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
@@ -83,33 +93,53 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
     return v2.Compose(ops)
 
 
+def _as_mask(mask: torch.Tensor) -> tuple[tv_tensors.Mask, bool]:
+    """Wrap ``mask`` as a :class:`tv_tensors.Mask` (so 2-D masks use the mask kernels,
+    which always resample with nearest neighbour); also say whether it was wrapped."""
+    if isinstance(mask, tv_tensors.Mask):
+        return mask, True
+    return tv_tensors.Mask(mask), False
+
+
+def _unwrap(mask: torch.Tensor, was_mask: bool) -> torch.Tensor:
+    return mask if was_mask else mask.as_subclass(torch.Tensor)
+
+
 def resize_pad(
     image: torch.Tensor, mask: torch.Tensor | None, size: int
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Aspect-preserving resize so the longer side is ``size``, then zero-pad to
-    ``size × size`` (bottom/right). Returns ``(image, mask, scale)``; the mask is resized
-    with nearest neighbour so ids are kept."""
+    ``size × size`` (bottom/right). Returns ``(image, mask, scale)``; the mask
+    (``(H, W)`` or ``(N, H, W)``) is resized with nearest neighbour so ids are kept."""
     h, w = image.shape[-2:]
     scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
     image = F.resize(image, [nh, nw], antialias=True)
     image = F.pad(image, [0, 0, size - nw, size - nh], fill=0)
     if mask is not None:
-        mask = F.resize(mask, [nh, nw], interpolation=v2.InterpolationMode.NEAREST)
-        mask = F.pad(mask, [0, 0, size - nw, size - nh], fill=0)
+        m, was_mask = _as_mask(mask)
+        m = F.resize(m, [nh, nw], interpolation=v2.InterpolationMode.NEAREST)
+        m = F.pad(m, [0, 0, size - nw, size - nh], fill=0)
+        mask = _unwrap(m, was_mask)
     return image, mask, scale
 
 
-def scale_pair(image: torch.Tensor, mask: torch.Tensor | None, scale: float):
-    """Rescale image (bilinear, antialiased) and mask (nearest) by ``scale``."""
+def scale_pair(
+    image: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rescale image (bilinear, antialiased) and mask (nearest; ``(H, W)`` or
+    ``(N, H, W)``) by ``scale``. Types (plain tensor or tv_tensor) are kept."""
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     if scale == 1.0:
         return image, mask
     h, w = image.shape[-2:]
     size = [max(1, round(h * scale)), max(1, round(w * scale))]
-    image = tv_tensors.wrap(F.resize(image, size, antialias=True), like=image) if isinstance(
-        image, tv_tensors.TVTensor) else F.resize(image, size, antialias=True)
+    # F.resize keeps tv_tensor types itself and treats plain tensors as images.
+    image = F.resize(image, size, antialias=True)
     if mask is not None:
-        mask = F.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST)
+        m, was_mask = _as_mask(mask)
+        mask = _unwrap(F.resize(m, size, interpolation=v2.InterpolationMode.NEAREST), was_mask)
     return image, mask
 
 
