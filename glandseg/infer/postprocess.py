@@ -1,0 +1,109 @@
+"""Probability maps → instance label images (2-D ``int32``, 0 = background, 1..N glands).
+
+- ``contour`` task (classes background / interior / boundary): seeds are connected
+  components of the interior probability, grown by watershed over the gland foreground
+  (interior + boundary), so glands that touch stay apart.
+- ``binary`` task (the study's U-Net): threshold, then optionally split weakly connected
+  objects by a distance-transform watershed (``split_h`` > 0).
+
+Both remove objects smaller than ``min_area`` and fill holes inside each object.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
+
+log = logging.getLogger(__name__)
+
+
+def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
+    """Fill background holes enclosed by a single object (in place where possible)."""
+    holes = ndi.binary_fill_holes(labels > 0) & (labels == 0)
+    if not holes.any():
+        return labels
+    hole_lab, n = ndi.label(holes)
+    # Assign each hole the label of its enclosing object (the most common label around it).
+    grown = ndi.grey_dilation(labels, size=3)
+    for sl_i, sl in enumerate(ndi.find_objects(hole_lab), start=1):
+        if sl is None:
+            continue
+        region = hole_lab[sl] == sl_i
+        vals = grown[sl][region]
+        vals = vals[vals > 0]
+        if vals.size:
+            labels[sl][region] = np.bincount(vals).argmax()
+    return labels
+
+
+def _remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    if min_area <= 0 or labels.max() == 0:
+        return labels
+    counts = np.bincount(labels.ravel())
+    small = counts < min_area
+    small[0] = False
+    if small.any():
+        labels[small[labels]] = 0
+    return labels
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N keeping their order (0 stays 0). Used on the model's own output
+    only, never on a prediction being scored."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def contour_to_labels(probs: np.ndarray, interior_threshold: float = 0.5,
+                      foreground_threshold: float = 0.5, min_area: int = 100,
+                      min_seed_area: int = 30, fill_holes: bool = True, **_: object) -> np.ndarray:
+    """``probs``: float ``(3, H, W)`` (background, interior, boundary) → labels ``int32 (H, W)``."""
+    interior = probs[1]
+    fg = (probs[1] + probs[2]) > foreground_threshold
+    if fill_holes:
+        fg = ndi.binary_fill_holes(fg)
+    seeds, _ = ndi.label(interior > interior_threshold)
+    seeds = _remove_small(seeds, min_seed_area)
+    labels = watershed(-interior, markers=seeds, mask=fg).astype(np.int32)
+    # Foreground components that received no seed become objects of their own.
+    rest, n_rest = ndi.label(fg & (labels == 0))
+    if n_rest:
+        rest[rest > 0] += labels.max()
+        labels = np.where(rest > 0, rest, labels).astype(np.int32)
+    labels = _remove_small(labels, min_area)
+    if fill_holes:
+        labels = _fill_holes_per_object(labels)
+    return relabel_sequential(labels)
+
+
+def binary_to_labels(prob: np.ndarray, foreground_threshold: float = 0.5, min_area: int = 100,
+                     split_h: float = 0.0, fill_holes: bool = True, **_: object) -> np.ndarray:
+    """``prob``: float ``(H, W)`` or ``(1, H, W)`` foreground probability → labels ``int32``."""
+    prob = prob[0] if prob.ndim == 3 else prob
+    fg = prob > foreground_threshold
+    if fill_holes:
+        fg = ndi.binary_fill_holes(fg)
+    if split_h > 0:
+        dist = ndi.distance_transform_edt(fg)
+        markers, _ = ndi.label(h_maxima(dist, split_h))
+        labels = watershed(-dist, markers=markers, mask=fg).astype(np.int32)
+    else:
+        labels = ndi.label(fg)[0].astype(np.int32)
+    labels = _remove_small(labels, min_area)
+    return relabel_sequential(labels)
+
+
+def probs_to_labels(probs: np.ndarray, task: str, params: dict) -> np.ndarray:
+    """Dispatch on the model's task (``contour`` or ``binary``) with the config's thresholds."""
+    if task == "contour":
+        return contour_to_labels(probs, **params)
+    if task == "binary":
+        return binary_to_labels(probs, **params)
+    raise ValueError(f"no probability post-processing for task {task!r}")
