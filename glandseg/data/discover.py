@@ -111,14 +111,15 @@ _EXT_ORDER = {e: i for i, e in enumerate((".bmp", ".png", ".tif", ".tiff"))}
 _FOLDER_SPLITS = {s.lower(): s for s in SPLITS}
 
 
-def _find_grade_csv(root: Path) -> Path | None:
+def find_grade_csv(root: Path) -> Path | None:
+    """``Grade.csv`` in ``root`` or one of its sub-folders, or ``None``."""
     for cand in [root / "Grade.csv", root / "grade.csv", *root.glob("*/Grade.csv")]:
         if cand.is_file():
             return cand
     return None
 
 
-def _index(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """``(images, annotations)`` of ``root``, both keyed by image stem."""
     by_stem: dict[str, Path] = {}
     annos: dict[str, Path] = {}
@@ -156,11 +157,25 @@ def discover(root: str | Path, splits: tuple[str, ...] | None = None) -> list[Sa
             f"{root}: no such folder; download GlaS (Warwick-QU) and pass the folder holding "
             "train_1.bmp, testA_1.bmp, ... (or train/ and test/ sub-folders)"
         )
-    by_stem, annos = _index(root)
+    by_stem, annos = index_folder(root)
     if not by_stem:
         raise GlandsegError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTS)})")
-    grades_path = _find_grade_csv(root)
+    grades_path = find_grade_csv(root)
     grades = read_grades(grades_path) if grades_path else {}
+    for o in sorted(set(annos) - set(by_stem)):
+        log.warning("%s: annotation without an image", annos[o])
+    return build_samples(root, by_stem, annos, grades, splits)
+
+
+def build_samples(
+    root: Path,
+    by_stem: dict[str, Path],
+    annos: dict[str, Path],
+    grades: dict[str, tuple[str, int]],
+    splits: tuple[str, ...] | None = None,
+) -> list[Sample]:
+    """Samples from an index of images and annotations (as :func:`discover` builds them),
+    sorted by split then number."""
     samples = []
     for stem, image in by_stem.items():
         split = split_of(stem)
@@ -171,12 +186,10 @@ def discover(root: str | Path, splits: tuple[str, ...] | None = None) -> list[Sa
         grade, patient = grades.get(stem, (None, None))
         samples.append(Sample(stem, image, annos.get(stem), split, grade, patient))
     samples.sort(key=_sort_key)
-    for o in sorted(set(annos) - set(by_stem)):
-        log.warning("%s: annotation without an image", annos[o])
     return samples
 
 
 def orphan_annotations(root: str | Path) -> list[Path]:
     """Annotation files of ``root`` that have no matching image (for ``data check``)."""
-    by_stem, annos = _index(Path(root))
+    by_stem, annos = index_folder(Path(root))
     return sorted(annos[k] for k in set(annos) - set(by_stem))
