@@ -1,0 +1,359 @@
+"""Per-image outputs of a segmentation: label PNG, overlay, QuPath GeoJSON and morphometrics.
+
+Inputs everywhere: ``labels``, a 2-D integer array ``(H, W)``, 0 = background and each
+other value one gland (ids are kept as given, never relabelled; a gland may consist of
+several pieces), and ``image``, the RGB ``uint8`` array ``(H, W, 3)`` it was predicted on.
+
+Coordinates: the morphometrics (:func:`measure`) use pixel indices (pixel ``(row, col)``
+has its centre at ``x = col, y = row``); the GeoJSON polygons use QuPath's convention
+(pixel units, origin at the top-left *corner* of the image, so pixel ``(row, col)`` covers
+``[col, col + 1] x [row, row + 1]``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import measure as skmeasure
+from skimage.color import hsv2rgb
+from skimage.segmentation import expand_labels, find_boundaries
+
+from glandseg.data.io import write_image, write_label, write_text
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``glands.csv``, in order (µm columns are empty without a pixel size).
+GLAND_COLUMNS: tuple[str, ...] = (
+    "image",
+    "gland_id",
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "perimeter_um",
+    "centroid_x",
+    "centroid_y",
+    "major_axis_px",
+    "minor_axis_px",
+    "major_axis_um",
+    "minor_axis_um",
+    "eccentricity",
+    "solidity",
+)
+
+#: QuPath classification of every exported object (colour: packed as ``[r, g, b]``).
+GLAND_CLASS = {"name": "Gland", "color": [0, 200, 0]}
+_UUID_NAMESPACE = uuid.UUID("6f1c2d0e-5b7a-4c1e-9a51-2f0d1c9e8b31")
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.int32)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers (0 = background), got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must not be negative (0 = background)")
+    return labels
+
+
+def label_colors(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Distinct, saturated colours for label ids: ``uint8`` ``(len(ids), 3)``.
+
+    Deterministic per id (golden-ratio hue steps), so a gland keeps its colour across
+    outputs and neighbouring ids differ strongly.
+    """
+    ids = np.asarray(ids, dtype=np.float64).reshape(-1)
+    hsv = np.stack(
+        [(ids * 0.618033988749895) % 1.0, np.full_like(ids, 0.9), np.full_like(ids, 1.0)], axis=1
+    )
+    return (hsv2rgb(hsv[None])[0] * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Gland outlines drawn on the image, one colour per gland.
+
+    ``image``: ``uint8`` ``(H, W, 3)`` (or ``(H, W)`` grey); ``labels``: ``(H, W)`` integers,
+    0 = background. Each gland's inner boundary (:func:`skimage.segmentation.find_boundaries`,
+    ``mode="inner"``) is widened inward to ``thickness`` pixels, so outlines stay inside their
+    gland and touching glands keep separate outlines. Returns a new ``uint8`` ``(H, W, 3)``;
+    pixels away from the outlines are unchanged.
+    """
+    labels = _check_labels(labels)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != labels.shape:
+        raise ValueError(
+            f"image must be (H, W, 3) matching labels {labels.shape}, got {image.shape}"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if thickness < 1:
+        raise ValueError(f"thickness must be >= 1, got {thickness}")
+    edge = np.where(find_boundaries(labels, connectivity=1, mode="inner"), labels, 0)
+    if thickness > 1:
+        grown = expand_labels(edge, distance=thickness - 1)
+        edge = np.where((grown == labels) & (labels > 0), grown, 0)
+    out = image.copy()
+    mask = edge > 0
+    if mask.any():
+        ids, inverse = np.unique(edge[mask], return_inverse=True)
+        out[mask] = label_colors(ids)[inverse.reshape(-1)]
+    return out
+
+
+def _ring_area(ring: np.ndarray) -> float:
+    """Signed shoelace area of a closed ring ``(N, 2)`` of ``(x, y)`` points."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def _ring(mask: np.ndarray, fully_connected: str, tolerance: float) -> np.ndarray | None:
+    """Largest closed contour of a padded boolean mask as ``(N, 2)`` ``(col, row)`` points
+    in the padded frame, simplified; ``None`` if there is none."""
+    contours = skmeasure.find_contours(
+        mask.astype(np.float32), 0.5, fully_connected=fully_connected
+    )
+    if not contours:
+        return None
+    best = max(contours, key=lambda c: abs(_ring_area(c[:, ::-1])) if len(c) > 3 else -1.0)
+    ring = best[:, ::-1]  # (row, col) -> (x, y)
+    if not np.array_equal(ring[0], ring[-1]):
+        ring = np.vstack([ring, ring[:1]])
+    if tolerance > 0:
+        simple = skmeasure.approximate_polygon(ring, tolerance=tolerance)
+        full_area = abs(_ring_area(ring))
+        # keep the simplification unless it changed the area (tiny objects collapse)
+        if len(simple) >= 4 and abs(abs(_ring_area(simple)) - full_area) <= 0.05 * full_area:
+            ring = simple
+        if not np.array_equal(ring[0], ring[-1]):
+            ring = np.vstack([ring, ring[:1]])
+    if len(ring) < 4:
+        return None
+    return ring
+
+
+def gland_polygons(
+    mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.5
+) -> list[list[list[list[float]]]]:
+    """GeoJSON polygon coordinates of a boolean object mask, one polygon per 8-connected piece.
+
+    ``mask``: 2-D boolean ``(h, w)``, a crop whose top-left pixel is ``offset = (row, col)``
+    in the full image. Each polygon is ``[exterior, *holes]``, each ring a closed list of
+    ``[x, y]`` in QuPath's pixel-corner coordinates; exteriors have positive shoelace area in
+    ``(x, y)``, holes negative. Rings come from :func:`skimage.measure.find_contours` on the
+    padded mask (level 0.5, through the pixel edges) and are simplified with
+    :func:`skimage.measure.approximate_polygon` (``tolerance`` in pixels, 0 = off).
+    """
+    mask = np.pad(np.asarray(mask, dtype=bool), 1)
+    # shift: padded index -> full-image index (-1 + offset) -> pixel-corner frame (+0.5)
+    shift = np.array([offset[1] - 0.5, offset[0] - 0.5])
+    pieces, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    polygons = []
+    for k in range(1, n + 1):
+        piece = pieces == k
+        filled = ndi.binary_fill_holes(piece)
+        outer = _ring(filled, "high", tolerance)
+        if outer is None:
+            continue
+        if _ring_area(outer) < 0:
+            outer = outer[::-1]
+        rings = [outer]
+        holes, n_holes = ndi.label(filled & ~piece)  # background holes are 4-connected
+        for h in range(1, n_holes + 1):
+            hole = _ring(holes == h, "low", tolerance)
+            if hole is None:
+                continue
+            if _ring_area(hole) > 0:
+                hole = hole[::-1]
+            rings.append(hole)
+        polygons.append([np.round(r + shift, 3).tolist() for r in rings])
+    return polygons
+
+
+def measure(labels: np.ndarray, mpp: float | None = None, image: str = "") -> list[dict[str, Any]]:
+    """Morphometrics of each gland (:func:`skimage.measure.regionprops`), one dict per gland.
+
+    ``labels``: ``(H, W)`` integers, 0 = background; ``mpp``: microns per pixel (``None`` =
+    unknown: the µm columns are ``None``); ``image``: the image name put in each row.
+    Keys: :data:`GLAND_COLUMNS`. Areas in px and µm² (``mpp² x px``), perimeter
+    (regionprops' estimate) in px and µm, centroid ``x`` (column) / ``y`` (row) in pixel
+    indices, major / minor axis lengths of the equal-moment ellipse, eccentricity, solidity.
+    Rows are ordered by gland id.
+    """
+    labels = _check_labels(labels)
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp}")
+    rows = []
+    for p in skmeasure.regionprops(labels):
+        try:
+            solidity = float(p.solidity)
+        except Exception:  # degenerate convex hull (qhull) on odd shapes
+            solidity = math.nan
+        area = int(p.area)
+        perimeter = float(p.perimeter)
+        major, minor = float(p.axis_major_length), float(p.axis_minor_length)
+        rows.append(
+            {
+                "image": image,
+                "gland_id": int(p.label),
+                "area_px": area,
+                "area_um2": None if mpp is None else area * mpp * mpp,
+                "perimeter_px": perimeter,
+                "perimeter_um": None if mpp is None else perimeter * mpp,
+                "centroid_x": float(p.centroid[1]),
+                "centroid_y": float(p.centroid[0]),
+                "major_axis_px": major,
+                "minor_axis_px": minor,
+                "major_axis_um": None if mpp is None else major * mpp,
+                "minor_axis_um": None if mpp is None else minor * mpp,
+                "eccentricity": float(p.eccentricity),
+                "solidity": solidity,
+            }
+        )
+    return rows
+
+
+def _geojson_measurements(row: Mapping[str, Any]) -> dict[str, float]:
+    names = {
+        "area_px": "Area px^2",
+        "area_um2": "Area µm^2",
+        "perimeter_px": "Perimeter px",
+        "perimeter_um": "Perimeter µm",
+        "major_axis_px": "Major axis px",
+        "minor_axis_px": "Minor axis px",
+        "major_axis_um": "Major axis µm",
+        "minor_axis_um": "Minor axis µm",
+        "eccentricity": "Eccentricity",
+        "solidity": "Solidity",
+    }
+    out = {}
+    for key, name in names.items():
+        v = row.get(key)
+        if v is not None and math.isfinite(v):  # JSON has no NaN
+            out[name] = round(float(v), 4)
+    return out
+
+
+def to_geojson(
+    labels: np.ndarray,
+    mpp: float | None = None,
+    image_name: str = "",
+    object_type: str = "annotation",
+    tolerance: float = 0.5,
+) -> dict[str, Any]:
+    """A GeoJSON ``FeatureCollection`` with one feature per gland, importable by QuPath.
+
+    ``labels``: ``(H, W)`` integers, 0 = background. Each feature has a ``Polygon`` (or a
+    ``MultiPolygon`` when the gland has several separate pieces) in QuPath's pixel
+    coordinates (see :func:`gland_polygons`), a stable UUID ``id`` (from ``image_name`` and
+    the gland id) and ``properties``: ``objectType`` (``"annotation"`` or ``"detection"``),
+    ``name`` (``"Gland <id>"``), ``classification`` (``Gland``), ``measurements``
+    (:func:`measure`, in QuPath's naming; no NaN) and ``metadata`` (image, gland id).
+    """
+    if object_type not in ("annotation", "detection"):
+        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
+    labels = _check_labels(labels)
+    rows = {r["gland_id"]: r for r in measure(labels, mpp, image_name)}
+    features = []
+    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        polygons = gland_polygons(labels[sl] == idx, (sl[0].start, sl[1].start), tolerance)
+        if not polygons:
+            log.warning("%s: gland %d has no outline; left out of the GeoJSON", image_name, idx)
+            continue
+        if len(polygons) == 1:
+            geometry = {"type": "Polygon", "coordinates": polygons[0]}
+        else:
+            geometry = {"type": "MultiPolygon", "coordinates": polygons}
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}/{idx}")),
+                "geometry": geometry,
+                "properties": {
+                    "objectType": object_type,
+                    "name": f"Gland {idx}",
+                    "classification": {
+                        "name": GLAND_CLASS["name"],
+                        "color": list(GLAND_CLASS["color"]),
+                    },
+                    "isLocked": False,
+                    "measurements": _geojson_measurements(rows[idx]),
+                    "metadata": {"image": image_name, "gland_id": str(idx)},
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else format(v, ".8g")
+    return str(v)
+
+
+def glands_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows of :func:`measure` as CSV text: :data:`GLAND_COLUMNS` first, then any extra keys;
+    ``None`` / NaN as empty cells."""
+    rows = list(rows)
+    fields = list(GLAND_COLUMNS)
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def write_glands_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write the morphometrics rows (of one or many images) as ``glands.csv``, atomically."""
+    write_text(path, glands_csv(rows))
+
+
+def write_outputs(
+    out_dir: str | os.PathLike,
+    stem: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    mpp: float | None = None,
+) -> list[dict[str, Any]]:
+    """Write one image's outputs into ``out_dir`` and return its morphometrics rows.
+
+    Files (each written atomically): ``<stem>.png`` (the labels as a 16-bit PNG, ids kept),
+    ``<stem>_overlay.png`` (:func:`overlay`) and ``<stem>.geojson`` (:func:`to_geojson`).
+    ``image``: ``uint8`` ``(H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background, at
+    most 65535. The caller writes one ``glands.csv`` over all images (:func:`write_glands_csv`).
+    """
+    labels = _check_labels(labels)
+    out = Path(out_dir)
+    if labels.size and labels.max() > 65535:
+        raise ValueError("more than 65535 gland ids do not fit a 16-bit label image")
+    # compute everything first, so that bad input leaves no partial outputs
+    drawn = overlay(image, labels)
+    collection = to_geojson(labels, mpp, image_name=stem)
+    rows = measure(labels, mpp, image=stem)
+    out.mkdir(parents=True, exist_ok=True)
+    write_label(out / f"{stem}.png", labels)
+    write_image(out / f"{stem}_overlay.png", drawn)
+    write_text(out / f"{stem}.geojson", json.dumps(collection, ensure_ascii=False) + "\n")
+    log.debug("%s: %d glands written to %s", stem, len(rows), out)
+    return rows

@@ -1,0 +1,172 @@
+"""Per-image outputs: overlay, GeoJSON, morphometrics CSV, write_outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from glandseg.data.io import read_image, read_label
+from glandseg.report import outputs as o
+
+
+def _ring_area(ring) -> float:
+    a = np.asarray(ring, dtype=float)
+    return 0.5 * float(np.dot(a[:-1, 0], a[1:, 1]) - np.dot(a[1:, 0], a[:-1, 1]))
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    """100 x 120 label image: a disk (id 3), a square with a hole (id 7), a tiny square
+    (id 9), a two-piece gland (id 11) and a gland touching the disk (id 12)."""
+    yy, xx = np.mgrid[:100, :120]
+    lab = np.zeros((100, 120), np.int32)
+    lab[(yy - 50) ** 2 + (xx - 40) ** 2 < 20**2] = 3
+    lab[10:30, 80:110] = 7
+    lab[15:20, 90:95] = 0
+    lab[60:62, 90:92] = 9
+    lab[70:73, 70:73] = 11
+    lab[85:90, 100:104] = 11
+    lab[45:55, 60:70] = 12
+    return lab
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+
+
+def test_geojson_features(labels: np.ndarray) -> None:
+    gj = o.to_geojson(labels, mpp=0.5, image_name="img")
+    json.dumps(gj, allow_nan=False)  # valid JSON, no NaN
+    assert gj["type"] == "FeatureCollection"
+    feats = gj["features"]
+    assert len(feats) == len(np.unique(labels)) - 1
+    names = [f["properties"]["name"] for f in feats]
+    assert names == ["Gland 3", "Gland 7", "Gland 9", "Gland 11", "Gland 12"]
+    assert len({f["id"] for f in feats}) == len(feats)
+    for f in feats:
+        assert f["type"] == "Feature"
+        props = f["properties"]
+        assert props["objectType"] == "annotation"
+        assert props["classification"]["name"] == "Gland"
+        assert len(props["classification"]["color"]) == 3
+        assert props["measurements"]["Area px^2"] > 0
+        geom = f["geometry"]
+        polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+        for poly in polys:
+            for i, ring in enumerate(poly):
+                assert len(ring) >= 4 and ring[0] == ring[-1]  # closed
+                assert (_ring_area(ring) > 0) == (i == 0)  # exterior +, holes -
+                xs, ys = zip(*ring, strict=True)
+                assert 0 <= min(xs) and max(xs) <= 120 and 0 <= min(ys) and max(ys) <= 100
+    by = {f["properties"]["name"]: f for f in feats}
+    assert by["Gland 11"]["geometry"]["type"] == "MultiPolygon"
+    assert len(by["Gland 11"]["geometry"]["coordinates"]) == 2
+    square = by["Gland 7"]["geometry"]["coordinates"]
+    assert len(square) == 2  # exterior and the hole
+    assert by["Gland 3"]["properties"]["measurements"]["Area µm^2"] == pytest.approx(
+        (labels == 3).sum() * 0.25
+    )
+    assert (
+        o.to_geojson(labels, None, "x", object_type="detection")["features"][0]["properties"][
+            "objectType"
+        ]
+        == "detection"
+    )
+
+
+def test_geojson_disk_area_and_position() -> None:
+    yy, xx = np.mgrid[:200, :200]
+    lab = ((yy - 90) ** 2 + (xx - 120) ** 2 < 40**2).astype(np.int32) * 5
+    (feat,) = o.to_geojson(lab, None, "disk")["features"]
+    (ring,) = feat["geometry"]["coordinates"]
+    area = _ring_area(ring)
+    assert area == pytest.approx((lab > 0).sum(), rel=0.02)
+    pts = np.asarray(ring)
+    # pixel-corner coordinates: the disk's pixel centres are at (120.5, 90.5)
+    assert pts[:, 0].mean() == pytest.approx(120.5, abs=1.5)
+    assert pts[:, 1].mean() == pytest.approx(90.5, abs=1.5)
+    assert len(ring) < 100  # simplified
+    # an empty label image gives an empty collection
+    assert o.to_geojson(np.zeros((5, 5), np.uint16))["features"] == []
+
+
+def test_measure_and_csv(labels: np.ndarray, tmp_path: Path) -> None:
+    rows = o.measure(labels, mpp=0.5, image="img")
+    assert [r["gland_id"] for r in rows] == [3, 7, 9, 11, 12]
+    for r in rows:
+        assert set(r) == set(o.GLAND_COLUMNS)
+        assert r["area_px"] == (labels == r["gland_id"]).sum()
+        assert r["area_um2"] == pytest.approx(r["area_px"] * 0.25)
+        assert r["perimeter_um"] == pytest.approx(r["perimeter_px"] * 0.5)
+        assert r["major_axis_px"] >= r["minor_axis_px"]
+        assert 0 <= r["eccentricity"] <= 1 and 0 < r["solidity"] <= 1
+    disk = rows[0]
+    assert (disk["centroid_x"], disk["centroid_y"]) == pytest.approx((40, 50), abs=0.1)
+    assert disk["eccentricity"] < 0.2
+    rows_no_mpp = o.measure(labels, None, image="img")
+    assert rows_no_mpp[0]["area_um2"] is None
+
+    path = tmp_path / "sub" / "glands.csv"
+    o.write_glands_csv(path, rows + rows_no_mpp)
+    with path.open() as fh:
+        read = list(csv.DictReader(fh))
+        assert tuple(read[0]) == o.GLAND_COLUMNS
+    assert len(read) == 10
+    assert float(read[0]["area_um2"]) == pytest.approx(float(read[0]["area_px"]) * 0.25)
+    assert read[5]["area_um2"] == ""
+    assert not [p for p in path.parent.iterdir() if p.name != "glands.csv"]  # no temp files
+
+
+def test_overlay_changes_only_near_boundaries(labels: np.ndarray, image: np.ndarray) -> None:
+    out = o.overlay(image, labels, thickness=3)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    changed = (out != image).any(axis=2)
+    assert changed.any()
+    assert not changed[labels == 0].any()  # outlines stay inside the glands
+    # every changed pixel lies within `thickness` of its gland's edge
+    dist = np.zeros(labels.shape)
+    for i in np.unique(labels[labels > 0]):
+        m = labels == i
+        dist[m] = ndi.distance_transform_cdt(np.pad(m, 1), metric="chessboard")[1:-1, 1:-1][m]
+    assert dist[changed].max() <= 3
+    # the interior of the disk is untouched, its border drawn
+    assert not changed[50, 40] and changed[50, 21]
+    # touching glands get different colours
+    assert not np.array_equal(out[50, 60], out[50, 59])
+    assert o.label_colors([3, 7]).shape == (2, 3)
+    thin = o.overlay(image, labels, thickness=1)
+    assert ((thin != image).any(axis=2)).sum() < changed.sum()
+    with pytest.raises(ValueError):
+        o.overlay(image[:50], labels)
+
+
+def test_write_outputs(labels: np.ndarray, image: np.ndarray, tmp_path: Path) -> None:
+    lab = labels.copy()
+    lab[lab == 12] = 40000  # ids beyond 8 bits must survive
+    rows = o.write_outputs(tmp_path / "out", "testA_1", image, lab, mpp=0.62)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "testA_1.geojson",
+        "testA_1.png",
+        "testA_1_overlay.png",
+    ]
+    back = read_label(out / "testA_1.png")
+    np.testing.assert_array_equal(back, lab)
+    from PIL import Image
+
+    with Image.open(out / "testA_1.png") as im:
+        assert im.mode.startswith("I;16") or im.mode == "I"
+    ov = read_image(out / "testA_1_overlay.png")
+    np.testing.assert_array_equal(ov, o.overlay(image, lab))
+    gj = json.loads((out / "testA_1.geojson").read_text(encoding="utf-8"))
+    assert len(gj["features"]) == 5
+    assert [r["gland_id"] for r in rows] == [3, 7, 9, 11, 40000]
+    assert rows[0]["image"] == "testA_1"
+    assert rows[0]["area_um2"] == pytest.approx(rows[0]["area_px"] * 0.62**2)
