@@ -76,7 +76,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise GlandsegError(f"{path}: expected an RGB image, got an array of shape {arr.shape}")
-    return np.ascontiguousarray(arr[..., :3])
+    out = np.ascontiguousarray(arr[..., :3])
+    # Arrays over PIL's buffer are read-only; callers (and torch.from_numpy) want writable ones.
+    return out if out.flags.writeable else out.copy()
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:

@@ -55,6 +55,23 @@ class HEDJitter(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
+class SafeElastic(v2.ElasticTransform):
+    """:class:`v2.ElasticTransform` that leaves inputs unchanged when they are too small for
+    its Gaussian kernel (torchvision's reflect padding fails on sides under ~4 sigma)."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        half = int(8 * max(self.sigma) + 1) // 2 + 1
+        if min(height, width) <= half:
+            return {"skip": True}
+        return {"skip": False, **super().make_params(flat_inputs)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["skip"]:
+            return inpt
+        return super().transform(inpt, {k: v for k, v in params.items() if k != "skip"})
+
+
 @dataclass
 class AugmentConfig:
     """Which augmentations to apply. ``crop``: square crop side in pixels (after scaling);
@@ -81,7 +98,7 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
         )
         ops.append(v2.RandomApply([rot], p=0.5))
     if cfg.elastic:
-        ops.append(v2.RandomApply([v2.ElasticTransform(alpha=40.0, sigma=6.0)], p=cfg.elastic_p))
+        ops.append(v2.RandomApply([SafeElastic(alpha=40.0, sigma=6.0)], p=cfg.elastic_p))
     ops.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
     if cfg.flips:
         ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
