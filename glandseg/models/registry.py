@@ -65,7 +65,7 @@ def _build_unet_lite(cfg: dict, pretrained: bool) -> nn.Module:
 
     a = cfg["model_args"]
     enc = create_encoder(a.get("encoder", "lite0"), pretrained=pretrained)
-    return EncoderUNet(enc, a.get("out_channels", 3), tuple(a.get("decoder_channels", (192, 96, 64, 32, 16))))
+    return EncoderUNet(enc, a.get("out_channels", 3), tuple(a.get("decoder_channels", (128, 64, 48, 32, 16))))
 
 
 def _build_maskrcnn(cfg: dict, pretrained: bool) -> nn.Module:
@@ -82,7 +82,7 @@ register("unet", {
 }, "the study's U-Net (Ronneberger 2015): 4 levels 64→1024, sigmoid output, BCE")(
     lambda cfg, pretrained=False: _build_unet(cfg))
 register("unet-lite0", {
-    "model_args": {"encoder": "lite0", "out_channels": 3, "decoder_channels": [192, 96, 64, 32, 16]},
+    "model_args": {"encoder": "lite0", "out_channels": 3, "decoder_channels": [128, 64, 48, 32, 16]},
     "task": "contour",
     "preprocess": {"scale": 0.5, "mean": list(LITE_MEAN), "std": list(LITE_STD)},
     "postprocess": dict(DEFAULT_POSTPROCESS),

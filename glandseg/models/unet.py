@@ -87,7 +87,7 @@ class EncoderUNet(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, out_channels: int = 3,
-                 decoder_channels: tuple[int, ...] = (192, 96, 64, 32, 16)) -> None:
+                 decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)) -> None:
         super().__init__()
         self.encoder = encoder
         enc = list(encoder.feature_info.channels())  # e.g. [16, 24, 40, 112, 320]

@@ -157,8 +157,9 @@ def _py_state(s: tuple) -> list:
     return [s[0], list(s[1]), s[2]]
 
 
-def load_train_state(run: Path, optimizer: torch.optim.Optimizer, scheduler, scaler) -> dict:
-    """Restore what :func:`save_train_state` wrote; returns the ``extra`` dict."""
+def load_train_state(run: Path, optimizer: torch.optim.Optimizer | None, scheduler, scaler) -> dict:
+    """Restore what :func:`save_train_state` wrote (optimizer and scheduler only where given,
+    RNG states always); returns the ``extra`` dict."""
     meta = load_json(run / "last_state.json")
     tensors = load_file(str(run / "last_state.safetensors"))
     state: dict[int, dict] = {}
@@ -168,7 +169,9 @@ def load_train_state(run: Path, optimizer: torch.optim.Optimizer, scheduler, sca
         if key.startswith("opt."):
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    groups = meta.pop("param_groups")
+    if optimizer is not None:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
     sch = meta.pop("scheduler")
     if scheduler is not None and sch is not None:
         scheduler.load_state_dict(sch)

@@ -1,0 +1,385 @@
+"""The training engine: an epoch loop of small hook methods (nnU-Net style).
+
+``Trainer(TrainConfig).fit()`` trains any registered model on a GlaS-like folder, validates
+each epoch on held-out patients with the official GlaS metrics, keeps ``best`` (by pooled
+validation object Dice) and ``last`` checkpoints, logs ``metrics.csv``, ``curves.png`` and
+``train.log`` in the run folder, and resumes exactly where a killed run stopped
+(after the last finished epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from glandseg import GlandsegError
+from glandseg.data.dataset import GlasDataset, patient_split
+from glandseg.data.discover import discover
+from glandseg.data.io import read_image, read_label
+from glandseg.data.transforms import AugmentConfig, train_transform
+from glandseg.infer.predictor import Predictor, pick_device
+from glandseg.models import registry
+from glandseg.train import checkpoint as ckpt
+from glandseg.train.presets import preset_stages
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ["epoch", "stage", "lr", "train_loss", "val_loss", "val_f1", "val_object_dice",
+              "val_object_hausdorff", "seconds"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``glandseg train`` accepts. ``stages`` overrides the single-stage
+    optimizer settings (see :mod:`glandseg.train.presets`)."""
+
+    model: str = "unet-lite0"
+    data: str = ""
+    out: str = "runs/unet-lite0"
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    crop: int = 256
+    scale: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    repeats: int = 2
+    val_fraction: float = 0.2
+    val_every: int = 1
+    max_minutes: float | None = None
+    resume: bool = False
+    preset: str | None = None
+    pretrained: bool = True
+    tune_postprocess: bool = True
+    stages: list[dict] = field(default_factory=list)
+    model_args: dict = field(default_factory=dict)
+
+    def resolved_stages(self) -> list[dict]:
+        if self.stages:
+            return [dict(s) for s in self.stages]
+        if self.preset:
+            return preset_stages(self.preset, self.model)
+        return [{"optimizer": self.optimizer, "lr": self.lr, "weight_decay": self.weight_decay,
+                 "batch_size": self.batch_size, "epochs": self.epochs, "momentum": self.momentum,
+                 "schedule": self.schedule}]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_task(cfg: dict):
+    """The training task (targets, collate, loss) for a model config."""
+    if cfg["task"] == "instances":
+        from glandseg.models.maskrcnn import InstanceTask
+
+        return InstanceTask(cfg)
+    from glandseg.train.tasks import DenseTask
+
+    scale = cfg["preprocess"]["scale"]
+    return DenseTask(cfg["task"], boundary_width=max(1, round(4 * scale)), sigma=10 * scale)
+
+
+def _make_optimizer(stage: dict, params) -> torch.optim.Optimizer:
+    name = stage["optimizer"].lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=stage["lr"], momentum=stage.get("momentum", 0.9),
+                               weight_decay=stage["weight_decay"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=stage["lr"], weight_decay=stage["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=stage["lr"], weight_decay=stage["weight_decay"])
+    raise GlandsegError(f"unknown optimizer {name!r}; use sgd, adam or adamw")
+
+
+def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    total = stage["epochs"] * steps_per_epoch
+    warm = min(2 * steps_per_epoch, total // 10)
+    if stage.get("schedule", "constant") != "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def f(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        t = (s - warm) / max(1, total - warm)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+class Trainer:
+    """Hooks, in call order: :meth:`setup_run`, :meth:`setup_data`, :meth:`setup_model`,
+    then per stage :meth:`setup_stage`, and per epoch :meth:`train_epoch`,
+    :meth:`validate`, :meth:`on_epoch_end`; finally :meth:`finish`."""
+
+    def __init__(self, tc: TrainConfig) -> None:
+        self.tc = tc
+        self.run = Path(tc.out)
+        self.device = pick_device(tc.device)
+        self.history: list[dict] = []
+        self.best = -1.0
+        self.start_epoch = 0
+        self.t0 = time.time()
+
+    # -- setup ------------------------------------------------------------------------
+    def setup_run(self) -> None:
+        tc = self.tc
+        if tc.resume:
+            if not (self.run / "last_state.json").is_file():
+                raise GlandsegError(f"{self.run}: nothing to resume (no last_state.json); "
+                                    "drop --resume to start a new run")
+            self.cfg = ckpt.load_json(self.run / "config.json")
+        else:
+            if (self.run / "last_state.json").exists():
+                raise GlandsegError(f"{self.run}: a run exists there; pass --resume to continue "
+                                    "it or choose another --out")
+            self.run.mkdir(parents=True, exist_ok=True)
+            self.cfg = registry.default_config(tc.model)
+            if tc.scale is not None:
+                self.cfg["preprocess"]["scale"] = tc.scale
+            self.cfg["model_args"].update(tc.model_args)
+            self.cfg["train"] = {**dataclasses.asdict(tc), "stages": tc.resolved_stages()}
+            ckpt.save_json(self.run / "config.json", self.cfg)
+        fh = logging.FileHandler(self.run / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("glandseg").addHandler(fh)
+        self._fh = fh
+        seed_everything(self.cfg["train"]["seed"])
+
+    def setup_data(self) -> None:
+        t = self.cfg["train"]
+        samples = discover(t["data"], splits=("train",))
+        if not samples:
+            raise GlandsegError(f"{t['data']}: no training images (train_N + train_N_anno)")
+        self.train_samples, self.val_samples = patient_split(samples, t["val_fraction"], t["seed"])
+        self.task = make_task(self.cfg)
+        scale = self.cfg["preprocess"]["scale"]
+        aug = train_transform(AugmentConfig(crop=t["crop"]))
+        self.train_ds = GlasDataset(self.train_samples, aug, scale=scale, cache=True,
+                                    target_fn=self.task.target_fn, repeats=t["repeats"])
+        self.cfg["train"]["train_images"] = [s.name for s in self.train_samples]
+        self.cfg["train"]["val_images"] = [s.name for s in self.val_samples]
+        self.val_data = [(s.name, read_image(s.image), read_label(s.anno)) for s in self.val_samples]
+        log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
+                 len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
+
+    def setup_model(self) -> None:
+        self.model = registry.build_model(self.cfg, pretrained=self.cfg["train"]["pretrained"])
+        self.model.to(self.device)
+        pre = self.cfg["preprocess"]
+        self.mean = torch.tensor(pre["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+
+    def setup_stage(self, stage: dict) -> None:
+        t = self.cfg["train"]
+        g = torch.Generator()
+        g.manual_seed(t["seed"] + len(self.history))
+        self.loader = DataLoader(
+            self.train_ds, batch_size=stage["batch_size"], shuffle=True, drop_last=True,
+            num_workers=t["workers"], collate_fn=self.task.collate, generator=g,
+            persistent_workers=t["workers"] > 0,
+            worker_init_fn=_worker_init,
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(stage, params)
+        self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader))
+
+    # -- epoch hooks ---------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        losses = []
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+                   disable=None)
+        for batch in bar:
+            batch = _to_device(batch, self.device)
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                loss = self.task.loss(self.model, batch, self.mean, self.std)
+            if not torch.isfinite(loss):
+                raise GlandsegError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def predictor(self, cfg: dict | None = None) -> Predictor:
+        return Predictor(self.model, cfg or self.cfg, self.device)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Official pooled metrics (and loss, for dense models) on the validation patients."""
+        from glandseg.metrics.score import score_pairs
+
+        self.model.eval()
+        pred = self.predictor()
+        items, losses = [], []
+        for name, image, truth in self.val_data:
+            if self.cfg["task"] == "instances":
+                labels = pred.predict(image)
+            else:
+                probs = pred.predict_proba(image)
+                labels = pred.postprocess(probs)
+                vl = self.task.val_loss(probs, truth, self.cfg) if hasattr(self.task, "val_loss") else None
+                if vl is not None:
+                    losses.append(vl)
+            items.append((name, labels, truth))
+        m = next(iter(score_pairs(items).values()))["pooled"]
+        return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_f1": m["f1"], "val_object_dice": m["object_dice"],
+                "val_object_hausdorff": m["object_hausdorff"]}
+
+    def on_epoch_end(self, row: dict, stage_i: int, epoch: int) -> None:
+        self.history.append(row)
+        improved = row["val_object_dice"] > self.best
+        if improved:
+            self.best = row["val_object_dice"]
+            ckpt.save_weights(self.run / "best.safetensors", self.model,
+                              metadata={"epoch": epoch + 1, "val": row})
+        ckpt.save_weights(self.run / "last.safetensors", self.model, metadata={"epoch": epoch + 1})
+        ckpt.save_train_state(self.run, self.optimizer, self.scheduler, self.scaler,
+                              {"epoch": epoch + 1, "stage": stage_i, "best": self.best,
+                               "history": self.history})
+        self._write_logs()
+        log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
+                 row["train_loss"], row["val_f1"], row["val_object_dice"],
+                 row["val_object_hausdorff"], " (best)" if improved else "")
+
+    def _write_logs(self) -> None:
+        from glandseg.data.io import atomic_path
+
+        with atomic_path(self.run / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(self.history)
+        try:
+            from glandseg.report.figures import training_curves
+
+            training_curves(self.history, self.run / "curves.png")
+        except Exception as exc:  # a plotting problem must not stop training
+            log.warning("could not draw curves: %s", exc)
+
+    def finish(self) -> None:
+        """Reload the best weights, tune post-processing on validation, save the config."""
+        if (self.run / "best.safetensors").is_file():
+            ckpt.load_weights(self.model, self.run / "best.safetensors")
+        if self.cfg["train"].get("tune_postprocess", True) and self.cfg["task"] != "instances":
+            from glandseg.train.tune import tune_postprocess
+
+            params, score = tune_postprocess(self.predictor(), self.val_data)
+            self.cfg["postprocess"] = params
+            self.cfg.setdefault("validation", {})["tuned_object_dice"] = score
+            log.info("post-processing tuned on validation: %s (object Dice %.4f)", params, score)
+        self.cfg.setdefault("validation", {})["best"] = max(
+            self.history, key=lambda r: r["val_object_dice"], default=None)
+        ckpt.save_json(self.run / "config.json", self.cfg)
+
+    # -- driver ---------------------------------------------------------------------------
+    def fit(self) -> Path:
+        self.setup_run()
+        self.setup_data()
+        self.setup_model()
+        stages = self.cfg["train"]["stages"]
+        start_stage = start_epoch = 0
+        if self.tc.resume:
+            ckpt.load_weights(self.model, self.run / "last.safetensors")
+            meta = ckpt.load_json(self.run / "last_state.json")
+            start_stage, start_epoch = meta["stage"], meta["epoch"]
+            self.history, self.best = meta["history"], meta["best"]
+            log.info("resuming after epoch %d", start_epoch)
+        budget = self.cfg["train"].get("max_minutes")
+        epoch_base = 0
+        try:
+            for si, stage in enumerate(stages):
+                n = stage["epochs"]
+                if epoch_base + n <= start_epoch:
+                    epoch_base += n
+                    continue
+                self.setup_stage(stage)
+                if self.tc.resume and start_epoch > 0:
+                    mid_stage = si == start_stage and start_epoch > epoch_base
+                    ckpt.load_train_state(self.run, self.optimizer if mid_stage else None,
+                                          self.scheduler if mid_stage else None, self.scaler)
+                    start_stage = -1  # restore once
+                if self._run_stage(si, stage, epoch_base, start_epoch, budget):
+                    break
+                epoch_base += n
+            self.finish()
+        finally:
+            logging.getLogger("glandseg").removeHandler(self._fh)
+            self._fh.close()
+        return self.run
+
+    def _run_stage(self, si: int, stage: dict, epoch_base: int, start_epoch: int,
+                   budget: float | None) -> bool:
+        """Run the epochs of one stage; returns True when the time budget stops training."""
+        for e in range(stage["epochs"]):
+            epoch = epoch_base + e
+            if epoch < start_epoch:
+                continue
+            t = time.time()
+            train_loss = self.train_epoch(epoch)
+            row = {"epoch": epoch + 1, "stage": si + 1,
+                   "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+            last = e == stage["epochs"] - 1
+            if (epoch + 1) % self.cfg["train"]["val_every"] == 0 or last:
+                row.update(self.validate())
+            else:
+                row.update({k: float("nan") for k in CSV_FIELDS[4:8]})
+                row["val_object_dice"] = -1.0
+            row["seconds"] = round(time.time() - t, 1)
+            self.on_epoch_end(row, si, epoch)
+            if budget and (time.time() - self.t0) / 60 > budget:
+                log.info("time budget of %s min reached after epoch %d", budget, epoch + 1)
+                return True
+        return False
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _to_device(batch, device: torch.device):
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def train(tc: TrainConfig) -> Path:
+    """Train a model (see :class:`TrainConfig`); returns the run folder."""
+    return Trainer(tc).fit()
