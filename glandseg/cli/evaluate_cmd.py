@@ -1,10 +1,41 @@
-"""`glandseg evaluate` (not yet wired)."""
+"""``glandseg evaluate``: predict GlaS Test A and B and score them officially."""
 
 from __future__ import annotations
 
 import argparse
 
+from glandseg.cli.predict_cmd import add_model_args, make_predictor
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="(not yet available)")
-    p.set_defaults(func=lambda args: 2)
+    p = sub.add_parser(
+        "evaluate", help="predict GlaS Test A/B, official metrics, leaderboard, Fig. 4",
+        description="Writes predictions/, metrics.json (shape of `glandseg score` plus bce, "
+                    "count_score, pixel_dice), per_image.csv, leaderboard.txt/.csv and "
+                    "fig4_testA.png / fig4_testB.png to --out.",
+    )
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="GlaS folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--name", default=None, help="name in the leaderboard (default: the model)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N images of each part (quick check, not official)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from glandseg.metrics.score import format_table
+    from glandseg.report.evaluate import evaluate_model
+
+    pred = make_predictor(args)
+    metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
+                             limit=args.limit)
+    print(format_table(metrics))
+    lb = f"{args.out}/leaderboard.txt"
+    try:
+        with open(lb, encoding="utf-8") as f:
+            print(f.read())
+    except FileNotFoundError:
+        pass
+    print(f"results in {args.out}")
+    return 0

@@ -1,0 +1,107 @@
+"""``glandseg evaluate``: predict GlaS Test A and B, score with the official metrics, rank
+against the published table and draw the study's Fig. 4.
+
+Writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metrics.json``
+(the shape of ``glandseg score`` plus ``bce``/``count_score``/``pixel_dice`` in each
+part's ``per_image``), ``per_image.csv``, ``leaderboard.txt`` + ``leaderboard.csv`` and
+``fig4_testA.png`` / ``fig4_testB.png`` (best, average and worst image by object Dice).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from glandseg import GlandsegError
+from glandseg.data.discover import discover
+from glandseg.data.io import read_image, read_label, write_label, write_text
+from glandseg.infer.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
+    """Gland probability ``(H, W)`` from a dense model's ``(C, H, W)`` output."""
+    return probs[0] if task == "binary" else 1.0 - probs[0]
+
+
+def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
+                   name: str = "glandseg", splits: tuple[str, ...] = ("testA", "testB"),
+                   limit: int | None = None) -> dict:
+    """Evaluate ``predictor`` on the test parts of the GlaS folder ``data``.
+
+    ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
+    not the official figures). Returns the metrics dict also written to ``metrics.json``.
+    """
+    from glandseg.metrics.score import evaluate_pairs, per_image_table, summarize
+
+    out = Path(out)
+    samples = [s for s in discover(data, splits=splits) if s.anno is not None]
+    if limit:
+        samples = [s for sp in splits for s in [x for x in samples if x.split == sp][:limit]]
+    if not samples:
+        raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
+    results = []
+    dense = predictor.task != "instances"
+    for s in tqdm(samples, desc="evaluate", unit="img", disable=None):
+        image, truth = read_image(s.image), read_label(s.anno)
+        if dense:
+            probs = predictor.predict_proba(image)
+            labels = predictor.postprocess(probs)
+            prob = foreground_probability(probs, predictor.task)
+        else:
+            labels, prob = predictor.predict(image), None
+        write_label(out / "predictions" / f"{s.name}.png", labels)
+        results += evaluate_pairs([(s.name, labels, truth, prob)])
+    metrics = summarize(results)
+    for pname, part in metrics.items():
+        rs = [r for r in results if r.part == pname]
+        part["per_image"].setdefault("count_score", float(np.mean([r.count_score for r in rs])))
+        part["per_image"]["pixel_dice"] = float(np.mean([r.pixel_dice for r in rs]))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    rows = per_image_table(results)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(out / "per_image.csv", buf.getvalue())
+    _leaderboard(metrics, name, out)
+    _figures(results, samples, out)
+    return metrics
+
+
+def _leaderboard(metrics: dict, name: str, out: Path) -> None:
+    if not {"testA", "testB"} <= set(metrics):
+        log.info("leaderboard needs both Test A and Test B; skipped")
+        return
+    from glandseg.report.leaderboard import format_table, rank, write_csv
+
+    rows = rank(metrics, name)
+    write_text(out / "leaderboard.txt", format_table(rows) + "\n")
+    write_csv(out / "leaderboard.csv", rows)
+
+
+def _figures(results: list, samples: list, out: Path) -> None:
+    from glandseg.data.io import read_label as _rl
+    from glandseg.report.figures import ImageRecord, best_average_worst, pick_best_average_worst
+
+    by_name = {s.name: s for s in samples}
+    for part in ("testA", "testB"):
+        rs = [r for r in results if r.part == part]
+        if len(rs) < 1:
+            continue
+        light = [ImageRecord(r.stem, None, None, None, {"object_dice": r.stats.scores()["object_dice"]})
+                 for r in rs]
+        picked = pick_best_average_worst(light, key="object_dice")
+        full = []
+        for _, rec, _score in picked:
+            s = by_name[rec.name]
+            full.append(ImageRecord(rec.name, read_image(s.image), _rl(s.anno),
+                                    _rl(out / "predictions" / f"{rec.name}.png"), rec.scores))
+        best_average_worst(full, out / f"fig4_{part}.png", key="object_dice")
