@@ -1,0 +1,136 @@
+"""Probability maps → instance labels (hand-built probabilities, known answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glandseg.infer.postprocess import (
+    binary_to_labels,
+    contour_to_labels,
+    probs_to_labels,
+    relabel_sequential,
+)
+
+
+def disc(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def contour_probs(objects: list[np.ndarray], ring: int = 3) -> np.ndarray:
+    """(3, H, W) probabilities: interior 0.9 inside each object minus a ``ring``-px border,
+    boundary 0.9 on that border, background 0.9 elsewhere (rest spread evenly)."""
+    from scipy import ndimage as ndi
+
+    shape = objects[0].shape
+    cls = np.zeros(shape, np.int64)
+    for m in objects:
+        inner = ndi.binary_erosion(m, iterations=ring)
+        cls[m] = 2
+        cls[inner] = 1
+    p = np.full((3, *shape), 0.05, np.float32)
+    for c in range(3):
+        p[c][cls == c] = 0.9
+    return p
+
+
+def test_contour_separates_touching_discs() -> None:
+    shape = (64, 96)
+    a, b = disc(shape, 32, 30, 16), disc(shape, 32, 60, 16)  # overlap: the discs touch
+    assert (a & b).any()
+    lab = contour_to_labels(contour_probs([a, b]), min_area=50, min_seed_area=10)
+    assert lab.dtype == np.int32
+    assert lab.max() == 2
+    assert lab[32, 30] != lab[32, 60] and lab[32, 30] > 0 and lab[32, 60] > 0
+    # each object covers (most of) its disc, and the union is the union of the discs
+    for m, centre in ((a & ~b, (32, 30)), (b & ~a, (32, 60))):
+        ident = lab[centre]
+        assert (lab[m] == ident).mean() > 0.95
+    np.testing.assert_array_equal(lab > 0, a | b)
+
+
+def test_contour_removes_small_objects() -> None:
+    shape = (64, 64)
+    big, small = disc(shape, 30, 30, 14), disc(shape, 55, 55, 4)  # ~615 px and ~49 px
+    probs = contour_probs([big, small], ring=1)
+    lab = contour_to_labels(probs, min_area=100, min_seed_area=5)
+    assert lab.max() == 1
+    assert lab[30, 30] == 1 and lab[55, 55] == 0
+    kept = contour_to_labels(probs, min_area=10, min_seed_area=5)
+    assert kept.max() == 2 and kept[55, 55] > 0
+
+
+def test_contour_fills_holes() -> None:
+    shape = (64, 64)
+    d = disc(shape, 32, 32, 20)
+    hole = disc(shape, 32, 32, 4)
+    probs = contour_probs([d])
+    probs[:, hole] = np.array([0.9, 0.05, 0.05], np.float32)[:, None]  # background inside
+    filled = contour_to_labels(probs, min_area=50, min_seed_area=10, fill_holes=True)
+    assert filled.max() == 1 and (filled[hole] == 1).all()
+    np.testing.assert_array_equal(filled > 0, d)
+    open_ = contour_to_labels(probs, min_area=50, min_seed_area=10, fill_holes=False)
+    assert open_.max() == 1 and (open_[hole] == 0).all()
+
+
+def test_contour_unseeded_foreground_becomes_an_object() -> None:
+    shape = (48, 48)
+    d = disc(shape, 24, 24, 12)
+    p = np.full((3, *shape), 0.05, np.float32)
+    p[0][~d] = 0.9
+    p[2][d] = 0.9  # only boundary class: no interior seed
+    lab = contour_to_labels(p, min_area=50)
+    assert lab.max() == 1 and (lab[d] == 1).all()
+
+
+def neck_shape() -> np.ndarray:
+    shape = (60, 100)
+    m = disc(shape, 30, 28, 16) | disc(shape, 30, 72, 16)
+    m[28:33, 28:72] = True  # a 5-px neck joins them
+    return m
+
+
+def test_binary_split_h_splits_a_neck() -> None:
+    m = neck_shape()
+    prob = np.where(m, 0.9, 0.1).astype(np.float32)
+    lab = binary_to_labels(prob[None], foreground_threshold=0.5, min_area=50, split_h=2.0)
+    assert lab.max() == 2
+    assert lab[30, 28] > 0 and lab[30, 72] > 0 and lab[30, 28] != lab[30, 72]
+    np.testing.assert_array_equal(lab > 0, m)
+
+
+def test_binary_without_split_keeps_one() -> None:
+    m = neck_shape()
+    prob = np.where(m, 0.9, 0.1).astype(np.float32)
+    lab = binary_to_labels(prob, foreground_threshold=0.5, min_area=50, split_h=0.0)
+    assert lab.max() == 1
+    np.testing.assert_array_equal(lab > 0, m)
+
+
+def test_binary_threshold_min_area_and_holes() -> None:
+    shape = (64, 64)
+    big, small = disc(shape, 30, 30, 15), disc(shape, 58, 58, 3)
+    prob = np.full(shape, 0.2, np.float32)
+    prob[big | small] = 0.7
+    prob[disc(shape, 30, 30, 3)] = 0.1  # a hole
+    lab = binary_to_labels(prob, foreground_threshold=0.5, min_area=100)
+    assert lab.max() == 1 and lab[30, 30] == 1 and lab[58, 58] == 0
+    # a higher threshold than every probability leaves nothing
+    assert binary_to_labels(prob, foreground_threshold=0.8).max() == 0
+
+
+def test_relabel_sequential_keeps_order() -> None:
+    lab = np.array([[0, 5, 5], [9, 0, 2], [2, 9, 0]], np.int32)
+    out = relabel_sequential(lab)
+    np.testing.assert_array_equal(out, [[0, 2, 2], [3, 0, 1], [1, 3, 0]])
+    assert out.dtype == np.int32
+    assert relabel_sequential(np.zeros((3, 3), np.int32)).max() == 0
+
+
+def test_probs_to_labels_dispatch() -> None:
+    p = contour_probs([disc((40, 40), 20, 20, 12)])
+    np.testing.assert_array_equal(probs_to_labels(p, "contour", {"min_area": 10}),
+                                  contour_to_labels(p, min_area=10))
+    with pytest.raises(ValueError):
+        probs_to_labels(p, "instances", {})
