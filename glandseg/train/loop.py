@@ -290,10 +290,14 @@ class Trainer:
         """Reload the best weights, tune post-processing on validation, save the config."""
         if (self.run / "best.safetensors").is_file():
             ckpt.load_weights(self.model, self.run / "best.safetensors")
-        if self.cfg["train"].get("tune_postprocess", True) and self.cfg["task"] != "instances":
-            from glandseg.train.tune import tune_postprocess
+        if self.cfg["train"].get("tune_postprocess", True):
+            if self.cfg["task"] == "instances":
+                from glandseg.infer.instances import tune_instances as tune
+            else:
+                from glandseg.train.tune import tune_postprocess as tune
 
-            params, score = tune_postprocess(self.predictor(), self.val_data)
+            self.model.eval()
+            params, score = tune(self.predictor(), self.val_data)
             self.cfg["postprocess"] = params
             self.cfg.setdefault("validation", {})["tuned_object_dice"] = score
             log.info("post-processing tuned on validation: %s (object Dice %.4f)", params, score)
