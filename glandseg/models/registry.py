@@ -93,9 +93,13 @@ register("maskrcnn", {
     "task": "instances",
     "preprocess": {"scale": 1.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
     "postprocess": {"score_threshold": 0.5, "mask_threshold": 0.5, "min_area": 100},
+    # full resolution: a whole GlaS image (at most 775 × 522) is one tile
+    "tiling": {"tile": 800, "overlap": 160, "batch_size": 1},
 }, "torchvision Mask R-CNN, ResNet-50-FPN (the study's second model)")(_build_maskrcnn)
 register("maskrcnn-lite0", {
-    "model_args": {"backbone": "lite0", "box_detections_per_img": 256},
+    "model_args": {"backbone": "lite0", "box_detections_per_img": 256, "fpn_channels": 128,
+                   "box_representation": 512, "mask_channels": 128, "head_norm": "group",
+                   "box_batch_size_per_image": 256, "anchor_sizes": [24, 48, 96, 192, 384]},
     "task": "instances",
     "preprocess": {"scale": 0.5, "mean": list(LITE_MEAN), "std": list(LITE_STD)},
     "postprocess": {"score_threshold": 0.5, "mask_threshold": 0.5, "min_area": 100},
