@@ -111,7 +111,11 @@ def _make_optimizer(stage: dict, params) -> torch.optim.Optimizer:
     raise GlandsegError(f"unknown optimizer {name!r}; use sgd, adam or adamw")
 
 
-def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: int):
+def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: int,
+                    time_progress=None):
+    """Warm-up then cosine decay over the stage's steps; with ``time_progress`` (a function
+    returning the spent fraction of a time budget) the decay follows whichever runs out
+    first, so a run cut by ``--max-minutes`` still ends at a low learning rate."""
     total = stage["epochs"] * steps_per_epoch
     warm = min(2 * steps_per_epoch, total // 10)
     if stage.get("schedule", "constant") != "cosine":
@@ -121,6 +125,8 @@ def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: in
         if s < warm:
             return (s + 1) / warm
         t = (s - warm) / max(1, total - warm)
+        if time_progress is not None:
+            t = max(t, time_progress())
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
@@ -139,6 +145,11 @@ class Trainer:
         self.best = -1.0
         self.start_epoch = 0
         self.t0 = time.time()
+        self.elapsed_before = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, including the runs this one resumes."""
+        return self.elapsed_before + time.time() - self.t0
 
     # -- setup ------------------------------------------------------------------------
     def setup_run(self) -> None:
@@ -170,7 +181,13 @@ class Trainer:
         samples = discover(t["data"], splits=("train",))
         if not samples:
             raise GlandsegError(f"{t['data']}: no training images (train_N + train_N_anno)")
-        self.train_samples, self.val_samples = patient_split(samples, t["val_fraction"], t["seed"])
+        if t.get("val_images") is not None:  # a resumed run keeps its own split
+            val_names = set(t["val_images"])
+            self.train_samples = [s for s in samples if s.name not in val_names]
+            self.val_samples = [s for s in samples if s.name in val_names]
+        else:
+            self.train_samples, self.val_samples = patient_split(samples, t["val_fraction"],
+                                                                 t["seed"])
         self.task = make_task(self.cfg)
         scale = self.cfg["preprocess"]["scale"]
         aug = train_transform(AugmentConfig(crop=t["crop"]))
@@ -178,6 +195,7 @@ class Trainer:
                                     target_fn=self.task.target_fn, repeats=t["repeats"])
         self.cfg["train"]["train_images"] = [s.name for s in self.train_samples]
         self.cfg["train"]["val_images"] = [s.name for s in self.val_samples]
+        ckpt.save_json(self.run / "config.json", self.cfg)
         self.val_data = [(s.name, read_image(s.image), read_label(s.anno)) for s in self.val_samples]
         log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
                  len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
@@ -203,7 +221,9 @@ class Trainer:
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(stage, params)
-        self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader))
+        budget = self.cfg["train"].get("max_minutes")
+        progress = (lambda: self.elapsed() / (60 * budget)) if budget else None
+        self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader), progress)
 
     # -- epoch hooks ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -266,7 +286,7 @@ class Trainer:
         ckpt.save_weights(self.run / "last.safetensors", self.model, metadata={"epoch": epoch + 1})
         ckpt.save_train_state(self.run, self.optimizer, self.scheduler, self.scaler,
                               {"epoch": epoch + 1, "stage": stage_i, "best": self.best,
-                               "history": self.history})
+                               "history": self.history, "elapsed": self.elapsed()})
         self._write_logs()
         log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
                  row["train_loss"], row["val_f1"], row["val_object_dice"],
@@ -317,6 +337,8 @@ class Trainer:
             meta = ckpt.load_json(self.run / "last_state.json")
             start_stage, start_epoch = meta["stage"], meta["epoch"]
             self.history, self.best = meta["history"], meta["best"]
+            self.elapsed_before = meta.get("elapsed", sum(r["seconds"] for r in self.history))
+            self.t0 = time.time()
             log.info("resuming after epoch %d", start_epoch)
         budget = self.cfg["train"].get("max_minutes")
         epoch_base = 0
@@ -360,7 +382,7 @@ class Trainer:
                 row["val_object_dice"] = -1.0
             row["seconds"] = round(time.time() - t, 1)
             self.on_epoch_end(row, si, epoch)
-            if budget and (time.time() - self.t0) / 60 > budget:
+            if budget and self.elapsed() / 60 > budget:
                 log.info("time budget of %s min reached after epoch %d", budget, epoch + 1)
                 return True
         return False
