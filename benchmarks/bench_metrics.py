@@ -205,7 +205,9 @@ def main() -> int:
     default = os.environ.get("GLANDSEG_GLAS") or Path(__file__).resolve().parents[1].parent / "shared" / "glas"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--glas", type=Path, default=Path(default))
-    ap.add_argument("--limit", type=int, default=0, help="only the first N test images (0 = all)")
+    ap.add_argument(
+        "--limit", type=int, default=0, help="only N test images, evenly spread (0 = all)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--all-kinds", action="store_true",
@@ -217,8 +219,8 @@ def main() -> int:
     if not annos:
         print(f"no GlaS test annotations in {args.glas}; pass --glas or set GLANDSEG_GLAS")
         return 2
-    if args.limit:
-        annos = annos[: args.limit]
+    if args.limit and args.limit < len(annos):
+        annos = [annos[i * len(annos) // args.limit] for i in range(args.limit)]
     rng = np.random.default_rng(args.seed)
     cases: list[tuple[str, str, np.ndarray, np.ndarray]] = []
     for n, path in enumerate(annos):
