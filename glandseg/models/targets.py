@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 
 def boundary_band(labels: np.ndarray, width: int = 2) -> np.ndarray:
-    """Bool ``(H, W)``: pixels of a gland within ``width`` px (chessboard) of its border,
+    """Bool ``(H, W)``: pixels of a gland within ``width`` px (city-block) of its border,
     including borders between two touching glands. ``labels``: int ``(H, W)``, 0 = bg."""
     lab = labels
     border = np.zeros(lab.shape, dtype=bool)

@@ -78,6 +78,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"{path}: weights do not fit the model in its config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+    bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise GlandsegError(
+            f"{path}: weights do not fit the model in its config (shape of {k}: "
+            f"{tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the model); "
+            "use the config that was saved with these weights"
+        )
     model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True)
 
 

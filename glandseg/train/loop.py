@@ -159,6 +159,8 @@ class Trainer:
                 raise GlandsegError(f"{self.run}: nothing to resume (no last_state.json); "
                                     "drop --resume to start a new run")
             self.cfg = ckpt.load_json(self.run / "config.json")
+            if tc.max_minutes is not None:  # a resumed run may get a new time budget
+                self.cfg["train"]["max_minutes"] = tc.max_minutes
         else:
             if (self.run / "last_state.json").exists():
                 raise GlandsegError(f"{self.run}: a run exists there; pass --resume to continue "
@@ -172,8 +174,12 @@ class Trainer:
             ckpt.save_json(self.run / "config.json", self.cfg)
         fh = logging.FileHandler(self.run / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("glandseg").addHandler(fh)
-        self._fh = fh
+        fh.setLevel(logging.INFO)
+        pkg = logging.getLogger("glandseg")
+        pkg.addHandler(fh)
+        self._fh, self._old_level = fh, pkg.level
+        if pkg.getEffectiveLevel() > logging.INFO:  # train.log gets INFO even without a CLI
+            pkg.setLevel(logging.INFO)
         seed_everything(self.cfg["train"]["seed"])
 
     def setup_data(self) -> None:
@@ -222,7 +228,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(stage, params)
         budget = self.cfg["train"].get("max_minutes")
-        progress = (lambda: self.elapsed() / (60 * budget)) if budget else None
+        progress = None
+        if budget is not None:
+            progress = (lambda: self.elapsed() / (60 * budget)) if budget > 0 else (lambda: 1.0)
         self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader), progress)
 
     # -- epoch hooks ---------------------------------------------------------------------
@@ -360,6 +368,7 @@ class Trainer:
             self.finish()
         finally:
             logging.getLogger("glandseg").removeHandler(self._fh)
+            logging.getLogger("glandseg").setLevel(self._old_level)
             self._fh.close()
         return self.run
 
@@ -382,7 +391,7 @@ class Trainer:
                 row["val_object_dice"] = -1.0
             row["seconds"] = round(time.time() - t, 1)
             self.on_epoch_end(row, si, epoch)
-            if budget and self.elapsed() / 60 > budget:
+            if budget is not None and self.elapsed() / 60 >= budget:
                 log.info("time budget of %s min reached after epoch %d", budget, epoch + 1)
                 return True
         return False

@@ -76,9 +76,6 @@ def test_wrong_architecture_gives_glandseg_error(tmp_path: Path) -> None:
         ckpt.load_weights(other, path)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug: load_weights lets load_state_dict's RuntimeError through when "
-                          "the keys match but the shapes do not (e.g. another width)")
 def test_same_keys_other_shapes_gives_glandseg_error(tmp_path: Path) -> None:
     path = tmp_path / "w4.safetensors"
     ckpt.save_weights(path, unet(0, width=4))
