@@ -17,15 +17,11 @@ import torch
 from torch import nn
 
 from glandseg import GlandsegError
+from glandseg.models.norms import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 ENCODERS = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1", "lite2": "efficientnet_lite2"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# EfficientNet-Lite was trained on inputs scaled to [-1, 1].
-LITE_MEAN = (0.5, 0.5, 0.5)
-LITE_STD = (0.5, 0.5, 0.5)
 
 
 def lite_weights_file(name: str) -> Path:

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from glandseg import GlandsegError
-from glandseg.models.encoders import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
+from glandseg.models.norms import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
