@@ -30,12 +30,14 @@ def run(args: argparse.Namespace) -> int:
     pred = make_predictor(args)
     metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
                              limit=args.limit)
+    from pathlib import Path
+
+    print("Official GlaS metrics, annotations as given:")
     print(format_table(metrics))
-    lb = f"{args.out}/leaderboard.txt"
-    try:
-        with open(lb, encoding="utf-8") as f:
-            print(f.read())
-    except FileNotFoundError:
-        pass
+    for suffix, title in (("", "as given"), ("_split_gt", "ground-truth regions split")):
+        lb = Path(args.out) / f"leaderboard{suffix}.txt"
+        if lb.is_file():
+            print(f"\nLeaderboard ({title}):")
+            print(lb.read_text(encoding="utf-8"))
     print(f"results in {args.out}")
     return 0

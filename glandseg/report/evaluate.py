@@ -5,6 +5,8 @@ Writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metri
 (the shape of ``glandseg score`` plus ``bce``/``count_score``/``pixel_dice`` in each
 part's ``per_image``), ``per_image.csv``, ``leaderboard.txt`` + ``leaderboard.csv`` and
 ``fig4_testA.png`` / ``fig4_testB.png`` (best, average and worst image by object Dice).
+The same metrics against ground truth whose disconnected regions are separate glands
+(:func:`glandseg.metrics.score.split_gt_components`) go to ``*_split_gt.*``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
     ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
     not the official figures). Returns the metrics dict also written to ``metrics.json``.
     """
-    from glandseg.metrics.score import evaluate_pairs, per_image_table, summarize
+    from glandseg.metrics.score import evaluate_pairs
 
     out = Path(out)
     samples = [s for s in discover(data, splits=splits) if s.anno is not None]
@@ -47,7 +49,7 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         samples = [s for sp in splits for s in [x for x in samples if x.split == sp][:limit]]
     if not samples:
         raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
-    results = []
+    results, split_results = [], []
     dense = predictor.task != "instances"
     for s in tqdm(samples, desc="evaluate", unit="img", disable=None):
         image, truth = read_image(s.image), read_label(s.anno)
@@ -59,32 +61,42 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
             labels, prob = predictor.predict(image), None
         write_label(out / "predictions" / f"{s.name}.png", labels)
         results += evaluate_pairs([(s.name, labels, truth, prob)])
+        split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
+    metrics = _write_metrics(results, name, out, "")
+    _write_metrics(split_results, name, out, "_split_gt")
+    _figures(results, samples, out)
+    return metrics
+
+
+def _write_metrics(results: list, name: str, out: Path, suffix: str) -> dict:
+    """``metrics{suffix}.json``, ``per_image{suffix}.csv`` and the leaderboard files."""
+    from glandseg.metrics.score import per_image_table, summarize
+
     metrics = summarize(results)
     for pname, part in metrics.items():
         rs = [r for r in results if r.part == pname]
         part["per_image"].setdefault("count_score", float(np.mean([r.count_score for r in rs])))
         part["per_image"]["pixel_dice"] = float(np.mean([r.pixel_dice for r in rs]))
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(out / f"metrics{suffix}.json", json.dumps(metrics, indent=2) + "\n")
     rows = per_image_table(results)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    write_text(out / "per_image.csv", buf.getvalue())
-    _leaderboard(metrics, name, out)
-    _figures(results, samples, out)
+    write_text(out / f"per_image{suffix}.csv", buf.getvalue())
+    _leaderboard(metrics, name, out, suffix)
     return metrics
 
 
-def _leaderboard(metrics: dict, name: str, out: Path) -> None:
+def _leaderboard(metrics: dict, name: str, out: Path, suffix: str = "") -> None:
     if not {"testA", "testB"} <= set(metrics):
         log.info("leaderboard needs both Test A and Test B; skipped")
         return
     from glandseg.report.leaderboard import format_table, rank, write_csv
 
     rows = rank(metrics, name)
-    write_text(out / "leaderboard.txt", format_table(rows) + "\n")
-    write_csv(out / "leaderboard.csv", rows)
+    write_text(out / f"leaderboard{suffix}.txt", format_table(rows) + "\n")
+    write_csv(out / f"leaderboard{suffix}.csv", rows)
 
 
 def _figures(results: list, samples: list, out: Path) -> None:

@@ -271,3 +271,28 @@ def test_nearest_object_tie_takes_smallest_id():
     pred = rect(blank(4, 16), 1, 2, 7, 8, 5)
     s = image_stats(pred, gt)
     assert s.hausdorff_pred == pytest.approx(4 * 6.0)
+
+
+def test_split_gt_components_only_changes_ground_truth() -> None:
+    from glandseg.metrics.score import score_pairs, split_gt_components
+
+    gt = np.zeros((40, 60), dtype=np.int32)
+    gt[5:15, 5:15] = 1     # one id used for two separate glands
+    gt[25:35, 40:50] = 1
+    gt[5:15, 15:25] = 2    # touches gland 1's first region: must stay a separate object
+    gt[38, 58] = 1         # a stray pixel: dropped (< 10 px)
+    split = split_gt_components(gt)
+    assert len(np.unique(split[split > 0])) == 3
+    assert split[38, 58] == 0
+    assert split[10, 10] != split[30, 45] and split[10, 10] != split[10, 20]
+    # A per-gland prediction: 3 objects. Against the file as given only 2 of them can match.
+    pred = np.zeros_like(gt)
+    pred[5:15, 5:15], pred[5:15, 15:25], pred[25:35, 40:50] = 1, 2, 3
+    given = score_pairs([("testB_1", pred, gt)])["testB"]["pooled"]
+    fixed = score_pairs([("testB_1", pred, gt)], split_gt=True)["testB"]["pooled"]
+    assert (given["tp"], given["fp"]) == (1, 2)  # 100 of 201 px of id 1 is not > 50 %
+    assert (fixed["tp"], fixed["fp"], fixed["fn"]) == (3, 0, 0)
+    # The prediction itself is never split: one id on two regions stays one object.
+    merged = np.where(pred == 3, 1, pred)
+    m = score_pairs([("testB_1", merged, gt)], split_gt=True)["testB"]["pooled"]
+    assert m["tp"] + m["fp"] == 2
