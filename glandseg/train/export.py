@@ -43,6 +43,13 @@ def export_model(run: str | Path, eval_dir: str | Path, name: str, command: str 
         "per_image_mean": {p: metrics[p]["per_image"] for p in ("testA", "testB") if p in metrics},
         "leaderboard": lb.read_text(encoding="utf-8") if lb.is_file() else "",
     }
+    split = eval_dir / "metrics_split_gt.json"
+    if split.is_file():
+        sm = ckpt.load_json(split)
+        card["official_metrics_split_gt"] = {p: sm[p]["pooled"] for p in ("testA", "testB")
+                                             if p in sm}
+        slb = eval_dir / "leaderboard_split_gt.txt"
+        card["leaderboard_split_gt"] = slb.read_text(encoding="utf-8") if slb.is_file() else ""
     out_cfg = {k: v for k, v in cfg.items() if k != "train"}
     out_cfg["train"] = {k: cfg.get("train", {}).get(k) for k in ("stages", "crop", "seed")}
     out_cfg["model_card"] = card
