@@ -1,0 +1,49 @@
+"""Exporting a run as a bundled model (fp16 safetensors + JSON model card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from glandseg.models import registry
+from glandseg.train import checkpoint as ckpt
+from glandseg.train.export import export_model
+
+
+def _metrics(f1a: float) -> dict:
+    part = {"n_images": 1, "pooled": {"f1": f1a, "object_dice": 0.5, "object_hausdorff": 9.0,
+                                      "tp": 1, "fp": 0, "fn": 1},
+            "per_image": {"f1": f1a, "object_dice": 0.5, "object_hausdorff": 9.0}}
+    return {"testA": part, "testB": part}
+
+
+def test_export_writes_half_weights_and_card(tmp_path: Path) -> None:
+    run, ev, dest = tmp_path / "run", tmp_path / "eval", tmp_path / "weights"
+    cfg = registry.default_config("unet")
+    cfg["model_args"]["width"] = 4
+    cfg["train"] = {"stages": [{"optimizer": "adam"}], "crop": 48, "seed": 0,
+                    "val_images": ["train_1"]}
+    model = registry.build_model(cfg, pretrained=False)
+    run.mkdir()
+    ckpt.save_json(run / "config.json", cfg)
+    ckpt.save_weights(run / "best.safetensors", model)
+    ev.mkdir()
+    (ev / "metrics.json").write_text(json.dumps(_metrics(0.75)))
+    (ev / "metrics_split_gt.json").write_text(json.dumps(_metrics(0.8)))
+    path = export_model(run, ev, "tiny", command="glandseg train ...", dest=dest)
+    assert path == dest / "tiny.safetensors"
+    tensors = load_file(str(path))
+    assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+    card = ckpt.load_json(dest / "tiny.json")["model_card"]
+    assert card["official_metrics"]["testA"]["f1"] == 0.75
+    assert card["official_metrics_split_gt"]["testB"]["f1"] == 0.8
+    assert card["command"] == "glandseg train ..."
+    loaded, cfg2 = ckpt.load_model(str(path))  # fp16 file → the model's fp32 dtypes
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == ref[k].dtype
+        assert torch.allclose(v, ref[k], atol=1e-2)
+    assert cfg2["model_args"]["width"] == 4
