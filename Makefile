@@ -10,7 +10,6 @@ GLAS ?= ../shared/glas
 
 $(BIN)/glandseg: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
