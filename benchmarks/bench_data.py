@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,34 +37,14 @@ from glandseg.data.discover import discover
 from glandseg.data.io import write_text
 from glandseg.data.transforms import AugmentConfig, train_transform
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GLAS = HERE.parent.parent / "shared" / "glas"
 SCALE, CROP, BATCH = 0.5, 256, 4
-
-
-def machine() -> dict:
-    """CPU model, cores, RAM, load and library versions of this machine."""
-    import psutil
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_1min": round(os.getloadavg()[0], 2),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 class TinyUNet(nn.Module):

@@ -41,7 +41,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_GLAS = HERE.parent.parent / "shared" / "glas"
@@ -102,30 +104,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def machine() -> dict:
-    """CPU model, cores, RAM, load and library versions of this machine."""
-    import psutil
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_1min": round(os.getloadavg()[0], 2),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 # --- work done in the child processes -------------------------------------------------

@@ -152,20 +152,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_labels(labels: np.ndarray) -> np.ndarray:
+    """Validate a label image: 2-D, integer (bool → 0/1), no negative ids. Returns it as an
+    array (bool cast to ``uint8``); raises ``ValueError`` otherwise."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers (0 = background), got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must not be negative (0 = background)")
+    return labels
+
+
 def write_label(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Write a label image as a 16-bit PNG (or TIFF by extension), atomically.
 
     ``labels``: 2-D integer array, 0 = background; at most 65535 objects.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative (0 = background)")
+    labels = check_labels(labels)
     if labels.size and labels.max() > 65535:
         raise ValueError("more than 65535 objects do not fit a 16-bit label image")
     with atomic_path(path) as tmp:

@@ -29,7 +29,7 @@ from skimage import measure as skmeasure
 from skimage.color import hsv2rgb
 from skimage.segmentation import expand_labels, find_boundaries
 
-from glandseg.data.io import write_image, write_label, write_text
+from glandseg.data.io import check_labels, write_image, write_label, write_text
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,7 @@ _UUID_NAMESPACE = uuid.UUID("6f1c2d0e-5b7a-4c1e-9a51-2f0d1c9e8b31")
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2-D array, got shape {labels.shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.int32)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers (0 = background), got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative (0 = background)")
-    return labels
+    return check_labels(labels)
 
 
 def label_colors(ids: Sequence[int] | np.ndarray) -> np.ndarray:
