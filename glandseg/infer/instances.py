@@ -20,7 +20,6 @@ fusion that this module does not do.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 
@@ -165,19 +164,10 @@ def tune_instances(predictor, val_data: list[tuple[str, np.ndarray, np.ndarray]]
     ``[(name, image uint8 (H, W, 3), truth labels (H, W))]``, by pooled ``F1 + object Dice``
     (as :func:`glandseg.train.tune.tune_postprocess`). Detections are computed once per
     image. Returns ``(params, pooled object Dice at those params)``."""
-    from glandseg.metrics.score import score_pairs
+    from glandseg.train.tune import grid_search
 
     grid = grid or GRID
     floor = min(grid["score_threshold"])
     dets = [(n, detect_groups(predictor, img, min_score=floor), t) for n, img, t in val_data]
-    keys = list(grid)
-    best, best_obj, best_dice = dict(DEFAULTS), -np.inf, 0.0
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = {**DEFAULTS, **dict(zip(keys, values, strict=True))}
-        items = [(n, groups_to_labels(g, t.shape[:2], **params), t) for n, g, t in dets]
-        m = next(iter(score_pairs(items).values()))["pooled"]
-        obj = m["f1"] + m["object_dice"]
-        if obj > best_obj:
-            best, best_obj, best_dice = params, obj, m["object_dice"]
-    log.debug("tuned %s → objective %.4f", best, best_obj)
-    return best, float(best_dice)
+    return grid_search(grid, dets, lambda g, shape, params: groups_to_labels(g, shape, **params),
+                       base=DEFAULTS)

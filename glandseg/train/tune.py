@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,22 +33,36 @@ GRIDS = {
 }
 
 
-def tune_postprocess(predictor: Predictor, val_data: list[tuple[str, np.ndarray, np.ndarray]],
-                     grid: dict | None = None) -> tuple[dict, float]:
-    """Best post-processing params on ``val_data`` = ``[(name, image uint8 (H,W,3),
-    truth labels (H,W))]``. Returns ``(params, pooled object Dice at those params)``."""
+def grid_search(grid: dict, cached: list[tuple[str, object, np.ndarray]],
+                to_labels: Callable[[object, tuple[int, int], dict], np.ndarray],
+                base: dict | None = None) -> tuple[dict, float]:
+    """Score every setting of ``grid`` with the official pooled metrics.
+
+    ``cached``: ``[(name, model output computed once, truth labels (H, W))]``;
+    ``to_labels(output, (H, W), params)`` → labels. Each setting is ``base`` updated with
+    one combination of the grid. The objective is ``F1 + object Dice``. Returns
+    ``(best params, pooled object Dice at those params)``.
+    """
     from glandseg.metrics.score import score_pairs
 
-    grid = grid or GRIDS[predictor.task]
-    probs = [(name, predictor.predict_proba(img), truth) for name, img, truth in val_data]
     keys = list(grid)
-    best, best_obj, best_dice = None, -np.inf, 0.0
+    best, best_obj, best_dice = dict(base or {}), -np.inf, 0.0
     for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values, strict=True))
-        items = [(n, predictor.postprocess(p, params), t) for n, p, t in probs]
+        params = {**(base or {}), **dict(zip(keys, values, strict=True))}
+        items = [(n, to_labels(out, t.shape[:2], params), t) for n, out, t in cached]
         m = next(iter(score_pairs(items).values()))["pooled"]
         obj = m["f1"] + m["object_dice"]
         if obj > best_obj:
             best, best_obj, best_dice = params, obj, m["object_dice"]
     log.debug("tuned %s → objective %.4f", best, best_obj)
     return best, float(best_dice)
+
+
+def tune_postprocess(predictor: Predictor, val_data: list[tuple[str, np.ndarray, np.ndarray]],
+                     grid: dict | None = None) -> tuple[dict, float]:
+    """Best post-processing params on ``val_data`` = ``[(name, image uint8 (H,W,3),
+    truth labels (H,W))]``. Probabilities are predicted once per image. Returns
+    ``(params, pooled object Dice at those params)``."""
+    probs = [(name, predictor.predict_proba(img), truth) for name, img, truth in val_data]
+    return grid_search(grid or GRIDS[predictor.task], probs,
+                       lambda p, _shape, params: predictor.postprocess(p, params))
