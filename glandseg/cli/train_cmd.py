@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=None,
                    help="working resolution relative to the images (model default: 0.5 for "
                         "U-Nets, 1.0 for Mask R-CNN ResNet-50)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="inference tile side (px at --scale) saved in the model config; images "
+                        "that fit are predicted whole (model default: 512)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     tc = TrainConfig(
         model=args.model, data=args.data, out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, schedule=args.schedule, crop=args.crop, scale=args.scale,
+        weight_decay=args.weight_decay, schedule=args.schedule, crop=args.crop, scale=args.scale, tile=args.tile,
         device=args.device, seed=args.seed, workers=args.workers, repeats=args.repeats,
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
         resume=args.resume, preset=args.preset, pretrained=pretrained,

@@ -57,6 +57,7 @@ class TrainConfig:
     schedule: str = "cosine"
     crop: int = 256
     scale: float | None = None
+    tile: int | None = None
     device: str = "auto"
     seed: int = 0
     workers: int = 2
@@ -169,6 +170,11 @@ class Trainer:
             self.cfg = registry.default_config(tc.model)
             if tc.scale is not None:
                 self.cfg["preprocess"]["scale"] = tc.scale
+            if tc.tile is not None:  # inference tile side at the working scale
+                if tc.tile < 64:
+                    raise GlandsegError(f"tile must be at least 64 px, got {tc.tile}")
+                self.cfg["tiling"] = {"tile": tc.tile, "overlap": max(32, tc.tile // 8),
+                                      "batch_size": 1}
             self.cfg["model_args"].update(tc.model_args)
             self.cfg["train"] = {**dataclasses.asdict(tc), "stages": tc.resolved_stages()}
             ckpt.save_json(self.run / "config.json", self.cfg)
