@@ -2,7 +2,8 @@
 
 Every verb module defines ``register(subparsers)`` which adds its parser and sets
 ``func`` (``args → exit status``). Errors caused by input (:class:`GlandsegError`)
-print one line and exit with 1.
+print one line and exit with 1; a bad option prints one line and exits with 2.
+``-q/--quiet`` (before or after the verb) hides progress bars and info messages.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from glandseg import GlandsegError, __version__
@@ -17,27 +19,83 @@ from glandseg import GlandsegError, __version__
 VERBS = ("data", "train", "predict", "evaluate", "score", "leaderboard", "demo")
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the option and the fix), not the usage."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def int_in(lo: int, hi: int):
+    """argparse ``type``: an integer in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float, zero_ok: bool = False, what: str = "a number"):
+    """argparse ``type``: a finite float in ``(lo, hi]`` (or exactly 0 if ``zero_ok``)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if zero_ok and v == 0:
+            return 0.0
+        if not (math.isfinite(v) and lo < v <= hi):
+            extra = " (or 0)" if zero_ok else ""
+            raise argparse.ArgumentTypeError(f"must be above {lo} and at most {hi}{extra}, "
+                                             f"got {text}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    # On a verb, SUPPRESS keeps the value given before the verb unless repeated after it.
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars or info messages (warnings and errors only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="glandseg",
         description="Gland instance segmentation in H&E histology (GlaS), with the official metrics.",
     )
     parser.add_argument("--version", action="version", version=f"glandseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for verb in VERBS:
         importlib.import_module(f"glandseg.cli.{verb}_cmd").register(sub)
+    for p in sub.choices.values():
+        _add_global_flags(p, top=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose and args.quiet:
+        parser.error("-v/--verbose and -q/--quiet exclude each other")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # basicConfig does nothing when logging is already set up (an embedding program, tests)
+    logging.getLogger("glandseg").setLevel(logging.WARNING if args.quiet else logging.NOTSET)
     try:
         return int(args.func(args) or 0)
     except GlandsegError as exc:

@@ -7,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from glandseg import GlandsegError
 from glandseg.cli.predict_cmd import add_model_args, make_predictor
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,29 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_cmd.run(args)
     from skimage import data
 
-    from glandseg.data.io import write_image
-    from glandseg.infer.batch import predict_files
+    from glandseg.data.io import read_image, write_image
+    from glandseg.report.batch import plan_outputs, predict_files
 
     image = data.immunohistochemistry()
     src = out / "input" / "immunohistochemistry.png"
-    write_image(src, image)
+    plan_outputs([src], out, "overwrite")  # --out a file, foreign outputs: refuse first
+    if src.is_file():  # a re-run: keep it if it is the demo image, never replace another file
+        try:
+            same = bool((read_image(src) == image).all())
+        except GlandsegError:
+            same = False
+        if not same:
+            raise GlandsegError(f"{src} exists and is not the demo image; move it away or "
+                                "choose another --out")
+    elif src.exists():
+        raise GlandsegError(f"{src} is a folder; move it away or choose another --out")
+    else:
+        write_image(src, image)
     pred = make_predictor(args)
-    rep = predict_files([src], out, pred, mpp=None)
+    # the demo folder is the demo's: its outputs are replaced on a re-run (files glandseg
+    # did not write still are not)
+    rep = predict_files([src], out, pred, mpp=None, mode="overwrite",
+                        progress=not getattr(args, "quiet", False))
     print(f"demo: {rep.n_glands} gland(s) in skimage.data.immunohistochemistry() → {out}/ "
           "(immunohistochemistry.png labels, _overlay.png, .geojson, glands.csv)")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from glandseg.cli import int_in
 from glandseg.cli.predict_cmd import add_model_args, make_predictor
 
 
@@ -18,21 +19,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="GlaS folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", default=None, help="name in the leaderboard (default: the model)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="only the first N images of each part (quick check, not official)")
+    p.add_argument("--limit", type=int_in(1, 100_000), default=None,
+                   help="only the first N images of each part (a quick check: metrics.json "
+                        "marks the parts \"partial\", the leaderboard does not rank them)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glandseg.metrics.score import format_table
-    from glandseg.report.evaluate import evaluate_model
-
-    pred = make_predictor(args)
-    metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
-                             limit=args.limit)
     from pathlib import Path
 
-    print("Official GlaS metrics, annotations as given:")
+    from glandseg.metrics.score import format_table
+    from glandseg.report.evaluate import check_out_dir, evaluate_model
+
+    check_out_dir(args.out)  # before loading the model
+    pred = make_predictor(args)
+    metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
+                             limit=args.limit, progress=not getattr(args, "quiet", False))
+    partial = [f"{part} {m['n_images']} of {m['n_images_total']}" for part, m in metrics.items()
+               if m.get("partial")]
+    if partial:
+        print(f"GlaS metrics on PARTIAL test parts ({', '.join(partial)} images; not the "
+              "official figures), annotations as given:")
+    else:
+        print("Official GlaS metrics, annotations as given:")
     print(format_table(metrics))
     for suffix, title in (("", "as given"), ("_split_gt", "ground-truth regions split")):
         lb = Path(args.out) / f"leaderboard{suffix}.txt"

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Rank one or more metrics.json files (from 'glandseg score') against the published "
             "GlaS results as the 2015 challenge did: per metric and test part, competition "
-            "ranks; the sum of the six ranks orders the methods. Uses the pooled metrics."
+            "ranks; the sum of the six ranks orders the methods. Uses the pooled metrics. "
+            "A partial result (evaluate --limit, or fewer than 60 Test A / 20 Test B images) "
+            "is listed below the ranked rows, marked ~, and not ranked."
         ),
     )
     p.add_argument("metrics", nargs="+", metavar="METRICS.json", help="metrics file(s) to rank")

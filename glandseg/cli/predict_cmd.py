@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 
+from glandseg.cli import float_in, int_in
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "glas-unet"
+#: Accepted ``--tile`` sides (px at the model's scale): below 64 px a tile holds less than
+#: a gland and the number of tiles explodes (``--tile 1`` would run for hours); above
+#: 4096 px one tile's activations need tens of GB.
+TILE_RANGE = (64, 4096)
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
@@ -15,15 +21,18 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
     p.add_argument("--model", default=default,
                    help=f"bundled model (glas-unet, glas-maskrcnn), run folder or .safetensors "
                         f"file (default: {default})")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto (default): CUDA, else MPS, else CPU")
     p.add_argument("--tta", action="store_true", help="average over flips (slower, smoother)")
-    p.add_argument("--tile", type=int, default=None,
-                   help="tile side in px at the model's scale (default: the model's)")
+    p.add_argument("--tile", type=int_in(*TILE_RANGE), default=None,
+                   help=f"tile side in px at the model's scale, {TILE_RANGE[0]}-{TILE_RANGE[1]} "
+                        "(default: the model's)")
 
 
 def make_predictor(args: argparse.Namespace):
     from glandseg.infer.predictor import Predictor, TileConfig
 
+    # a --device this machine lacks is a one-line error from the predictor's pick_device
     pred = Predictor.from_name(args.model, device=args.device, tta=args.tta)
     if args.tile:
         pred.tiling = TileConfig(tile=args.tile, overlap=min(pred.tiling.overlap, args.tile // 4),
@@ -35,23 +44,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="segment images into glands (labels, overlay, GeoJSON, glands.csv)",
         description="Per image: <stem>.png (16-bit instance labels, 0 = background), "
-                    "<stem>_overlay.png, <stem>.geojson (QuPath); one glands.csv for all.",
+                    "<stem>_overlay.png, <stem>.geojson (QuPath); one glands.csv with the "
+                    "rows of every image whose outputs are in --out (runs into one folder "
+                    "merge, also concurrent ones). Never overwrites an input or a file "
+                    "glandseg did not write (records in --out/.glandseg/); outputs of an "
+                    "earlier run are refused unless --overwrite or --skip-existing.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mpp", type=float, default=0.62005,
+    p.add_argument("--mpp", type=float_in(0, 100, zero_ok=True, what="micrometres per pixel"),
+                   default=0.62005,
                    help="micrometres per pixel for µm measurements (GlaS: 0.62005; 0 = none)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace outputs an earlier glandseg run wrote into --out")
+    again.add_argument("--skip-existing", action="store_true",
+                       help="keep images whose outputs are all in --out already (resume a "
+                            "large batch) and segment only the others")
     add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glandseg.infer.batch import collect_inputs, predict_files
+    from glandseg.report.batch import collect_inputs, plan_outputs, predict_files
 
+    mode = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
     paths = collect_inputs(args.inputs)
+    plan_outputs(paths, args.out, mode)  # refuse before loading the model
     pred = make_predictor(args)
-    rep = predict_files(paths, args.out, pred, mpp=args.mpp or None)
-    print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s) → {args.out}")
+    rep = predict_files(paths, args.out, pred, mpp=args.mpp or None, mode=mode,
+                        progress=not getattr(args, "quiet", False))
+    skipped = f", {rep.n_skipped} skipped (outputs present)" if rep.n_skipped else ""
+    print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "
+          f"(glands.csv: {rep.n_rows} row(s))")
     for path, why in rep.failed:
         print(f"failed: {path}: {why}")
     return 1 if rep.failed else 0

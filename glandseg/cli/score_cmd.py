@@ -13,8 +13,14 @@ import csv
 import io
 import json
 import logging
+from pathlib import Path
 
+from glandseg import GlandsegError
 from glandseg.data.io import write_text
+
+#: ``glandseg.metrics.score.GT_MIN_PIECE``, repeated so that the CLI starts without scipy
+#: (a test keeps the two equal).
+GT_MIN_PIECE = 10
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write the summary as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per image as CSV")
     p.add_argument("--split-gt", action="store_true",
-                   help="treat each connected region of a ground-truth label as its own gland "
+                   help="ground truth only: give each connected region (8-connected) of a "
+                        "ground-truth label its own id, and delete ground-truth regions "
+                        f"smaller than {GT_MIN_PIECE} px (stray pixels) from the truth "
                         "(four GlaS Test B annotations reuse one id for several glands; the "
                         "published results are only reachable this way). Predictions are "
                         "always scored as given.")
@@ -44,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from glandseg.metrics.score import evaluate_dirs, format_table, per_image_table, summarize
 
+    for flag, path in (("--json", args.json), ("--csv", args.csv)):
+        if path and Path(path).is_dir():
+            raise GlandsegError(f"{flag} {path} is a folder; give a file name, e.g. "
+                                f"{Path(path) / ('metrics.json' if flag == '--json' else 'per_image.csv')}")
     results = evaluate_dirs(args.pred_dir, args.gt_dir, split_gt=args.split_gt)
     summary = summarize(results)
     print(format_table(summary))

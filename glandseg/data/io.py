@@ -81,11 +81,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, what: str = "label image") -> np.ndarray:
     """Read an instance label image (8/16/32-bit). Returns ``int32`` ``(H, W)``, 0 = background.
 
+    ``what`` names the file's role in messages (``"prediction"``, ``"annotation"``).
     Raises :class:`GlandsegError` if the file is not a single-channel integer image
-    (an RGB annotation or a float image is not a label image).
+    (a colour image or a float image is not a label image). A grey RGB file (R = G = B)
+    is read as its one channel; :func:`implausible_label` tells whether it looks like one.
     """
     arr = _read_raw(Path(path))
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
@@ -94,20 +96,57 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             arr = rgb[..., 0]
         else:
             raise GlandsegError(
-                f"{path}: annotation is a colour image, not a label image; "
+                f"{path}: {what} is a colour image, not a label image; "
                 "save it as a single-channel 8/16-bit image with 0 = background, 1..N = glands"
             )
     if arr.ndim != 2:
-        raise GlandsegError(f"{path}: a label image must be 2-D, got shape {arr.shape}")
+        raise GlandsegError(f"{path}: {what} must be a 2-D label image, got shape {arr.shape}")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
         raise GlandsegError(
-            f"{path}: label image has dtype {arr.dtype}; save integer labels (0 = background)"
+            f"{path}: {what} has dtype {arr.dtype}; save integer labels (0 = background)"
         )
     if arr.size and arr.min() < 0:
-        raise GlandsegError(f"{path}: label image has negative values")
+        raise GlandsegError(f"{path}: {what} has negative values")
     return arr.astype(np.int32)
+
+
+#: :func:`implausible_label`: a label image whose neighbouring pixels differ this often
+#: (a fraction of horizontal and vertical pairs), with at least :data:`PHOTO_MIN_VALUES`
+#: distinct values, looks like a photograph. Label images change only on object borders
+#: (GlaS annotations: under 3 % of pairs); photographs change almost everywhere (> 50 %).
+PHOTO_CHANGE_FRACTION = 0.25
+PHOTO_MIN_VALUES = 32
+
+
+def implausible_label(labels: np.ndarray) -> str | None:
+    """Why a label image ``(H, W)`` (integers, 0 = background) looks like something else,
+    or ``None``. Checks: a photograph (many distinct values that change between most
+    neighbouring pixels, e.g. a grey R = G = B photo saved where labels belong) and a
+    0/255 binary mask (every foreground pixel one object, id 255). Costs two passes.
+    """
+    a = np.asarray(labels)
+    if a.ndim != 2 or a.size == 0:
+        return None
+    flat = a.ravel()
+    if a.min() >= 0 and a.max() <= 65535:
+        present = np.flatnonzero(np.bincount(flat.astype(np.int64)))
+    else:  # negative or huge ids
+        present = np.unique(flat)
+    if len(present) == 2 and present[0] == 0 and present[1] == 255:
+        return ("is a binary 0/255 mask, so all its foreground is one object (id 255); "
+                "save instance labels (0 = background, 1..N = one id per gland)")
+    if len(present) >= PHOTO_MIN_VALUES:
+        pairs = (a.shape[0] * (a.shape[1] - 1)) + ((a.shape[0] - 1) * a.shape[1])
+        changes = (np.count_nonzero(a[:, 1:] != a[:, :-1])
+                   + np.count_nonzero(a[1:, :] != a[:-1, :]))
+        frac = changes / max(pairs, 1)
+        if frac > PHOTO_CHANGE_FRACTION:
+            return (f"looks like a photograph, not a label image ({len(present)} distinct "
+                    f"values, {frac:.0%} of neighbouring pixels differ); expected 0 = "
+                    "background, 1..N = one id per gland")
+    return None
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from glandseg import GlandsegError
 from glandseg.data.discover import split_of
-from glandseg.data.io import LABEL_EXTS, read_label
+from glandseg.data.io import LABEL_EXTS, implausible_label, read_label
 from glandseg.metrics.glas import ObjectStats, image_stats
 from glandseg.metrics.pixel import bce, count_score, pixel_dice
 
@@ -237,9 +237,20 @@ def find_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[t
     return pairs
 
 
+def read_checked(path: Path, what: str) -> np.ndarray:
+    """:func:`~glandseg.data.io.read_label` naming the file's role (``"prediction"`` or
+    ``"annotation"``) in errors, with a warning naming the file if it does not look like a
+    label image (:func:`~glandseg.data.io.implausible_label`)."""
+    labels = read_label(path, what=what)
+    why = implausible_label(labels)
+    if why:
+        log.warning("%s: this %s %s", path, what, why)
+    return labels
+
+
 def _read_pairs(pairs: list[tuple[str, Path, Path]], bad: list[str]) -> Iterator[Item]:
     for stem, pred_path, gt_path in pairs:
-        pred, gt = read_label(pred_path), read_label(gt_path)
+        pred, gt = read_checked(pred_path, "prediction"), read_checked(gt_path, "annotation")
         if pred.shape != gt.shape:
             bad.append(f"{pred_path.name} {pred.shape} vs {gt_path.name} {gt.shape}")
             continue

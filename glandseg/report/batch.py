@@ -1,38 +1,173 @@
-"""Segment many images and write the per-image outputs (``glandseg predict``).
+"""Segment many images into one output folder without losing data (``glandseg predict``).
 
 Per image ``<stem>.png`` (16-bit instance labels, 0 = background), ``<stem>_overlay.png``
-and ``<stem>.geojson``; one ``glands.csv`` over all images. An unreadable input is logged
-and reported, the other images are still processed.
+and ``<stem>.geojson``; one ``glands.csv`` with the rows of *every* image whose outputs are
+in the folder (not only this run's). An unreadable input is logged and reported, the other
+images are still processed.
+
+What glandseg wrote is recorded in the hidden folder ``<out>/.glandseg/``:
+
+- ``images/<stem>.json``: one record per image: the output file names with their SHA-256
+  (and size and modification time, so unchanged files need not be hashed again) and the
+  image's ``glands.csv`` rows (as text). It is written ``"pending"`` (names only) before
+  the outputs and ``"done"`` (checksums, rows) after them.
+- ``glands.json``: the SHA-256 of the ``glands.csv`` glandseg last wrote.
+- ``lock``: an exclusive ``fcntl`` lock held while one image's outputs and record are
+  written and while ``glands.csv`` is joined, so concurrent runs into one folder merge.
+
+An existing file counts as ours only if a record names it and, for a done record, its
+checksum still matches. Anything else (an input image, a file glandseg did not write or
+one edited since, a folder) is never overwritten: the run stops before writing anything.
+Outputs of ours that already exist are refused too, unless ``mode`` is ``"overwrite"``
+(replace them) or ``"skip"`` (keep images whose outputs are all present and complete).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
+import json
 import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from glandseg import GlandsegError
-from glandseg.data.io import IMAGE_EXTS, read_image
-from glandseg.infer.predictor import Predictor
+from glandseg import GlandsegError, __version__
+from glandseg.data.io import IMAGE_EXTS, read_image, write_text
+
+if TYPE_CHECKING:  # the predictor is only called, never built, here
+    from glandseg.infer.predictor import Predictor
+
+try:  # POSIX; elsewhere concurrent runs into one folder are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
 GLAS_MPP = 0.62005
+#: Outputs of one image, as suffixes of its stem.
+OUTPUT_SUFFIXES: tuple[str, ...] = (".png", "_overlay.png", ".geojson")
+CSV_NAME = "glands.csv"
+STATE_DIR = ".glandseg"
+MODES = ("refuse", "overwrite", "skip")
+_NUM_RE = re.compile(r"(\d+)")
+_MAX_LISTED = 5
+
+
+def output_names(stem: str) -> list[str]:
+    """File names of one image's outputs: ``<stem>.png``, ``<stem>_overlay.png``,
+    ``<stem>.geojson``."""
+    return [f"{stem}{s}" for s in OUTPUT_SUFFIXES]
+
+
+def _natural_key(stem: str) -> list:
+    return [int(t) if t.isdigit() else t for t in _NUM_RE.split(stem)]
+
+
+def _records_dir(out: Path) -> Path:
+    return out / STATE_DIR / "images"
+
+
+def _record_path(out: Path, stem: str) -> Path:
+    return _records_dir(out) / f"{stem}.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_id(path: Path) -> dict[str, Any]:
+    """What a record keeps of a file it claims: SHA-256, size, modification time (ns)."""
+    st = path.stat()
+    return {"sha256": _sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _unchanged(path: Path, want: Any) -> bool:
+    """Whether ``path`` is still the file a record describes (see :func:`_file_id`); the
+    hash is skipped when size and modification time are unchanged."""
+    if not isinstance(want, dict):
+        return False
+    st = path.stat()
+    if st.st_size != want.get("size"):
+        return False
+    return st.st_mtime_ns == want.get("mtime_ns") or _sha256(path) == want.get("sha256")
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; ``None`` if missing or unreadable (logged)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s: unreadable glandseg record (%s); ignored", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_record(out: str | os.PathLike, stem: str) -> dict | None:
+    """The record of image ``stem`` in the output folder ``out`` (see the module doc)."""
+    rec = _read_json(_record_path(Path(out), stem))
+    if rec is None or not isinstance(rec.get("files"), dict):
+        return None
+    return rec
+
+
+def our_files(folder: str | os.PathLike) -> set[str]:
+    """Names of the files glandseg's records in ``folder`` claim (its own outputs)."""
+    folder = Path(folder)
+    names = {CSV_NAME} if (folder / STATE_DIR).is_dir() else set()
+    rdir = _records_dir(folder)
+    if rdir.is_dir():
+        for p in rdir.glob("*.json"):
+            rec = _read_json(p)
+            if rec and isinstance(rec.get("files"), dict):
+                names.update(rec["files"])
+    return names
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder's exclusive lock (``<out>/.glandseg/lock``; ``fcntl.flock``)."""
+    state = Path(out) / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "lock", "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, annotations and overlays excluded) or glob patterns →
-    sorted unique image paths. Raises if an input matches nothing."""
+    """Files, folders or glob patterns → sorted unique image paths (absolute, symlinks kept).
+
+    A folder gives its images, leaving out annotations (``*_anno``), overlays
+    (``*_overlay``), hidden files and the outputs glandseg wrote there (:func:`our_files`).
+    Raises :class:`GlandsegError` if an input matches nothing.
+    """
     out: list[Path] = []
     for spec in inputs:
         p = Path(spec)
         if p.is_dir():
+            ours = our_files(p)
             found = sorted(
                 f for f in p.iterdir()
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTS and f.name not in ours
                 and not f.stem.endswith(("_anno", "_overlay")) and not f.name.startswith(".")
             )
             if not found:
@@ -45,43 +180,263 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             if not matches:
                 raise GlandsegError(f"{spec}: no such file, folder or matching pattern")
             out += [m for m in matches if m.is_file()]
-    seen: dict[Path, None] = {}
+    seen: dict[Path, Path] = {}
     for p in out:
-        seen.setdefault(p.resolve(), None)
-    return list(seen)
+        seen.setdefault(p.resolve(), Path(os.path.abspath(p)))
+    return list(seen.values())
 
 
-@dataclass
-class PredictReport:
-    n_ok: int = 0
-    n_glands: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+def _image_state(out: Path, stem: str) -> tuple[str, list[str]]:
+    """``("absent" | "partial" | "complete", problems)`` of one image's outputs in ``out``.
+
+    A problem is an output path that exists but is a folder, or a file that no record
+    claims or whose checksum differs from the record's: it must never be overwritten.
+    """
+    rec = read_record(out, stem)
+    files = rec["files"] if rec else {}
+    done = bool(rec) and rec.get("state") == "done"
+    problems, present = [], 0
+    for name in output_names(stem):
+        path = out / name
+        if path.is_dir():
+            problems.append(f"{path} is a folder")
+            continue
+        if not path.exists():
+            continue
+        if name not in files:
+            problems.append(f"{path} exists and was not written by glandseg")
+            continue
+        want = files[name]
+        if want is not None and not _unchanged(path, want):
+            problems.append(f"{path} was changed after glandseg wrote it")
+            continue
+        present += 1
+    if present == 0:
+        return "absent", problems
+    if done and present == len(OUTPUT_SUFFIXES):
+        return "complete", problems
+    return "partial", problems
 
 
-def predict_files(paths: list[Path], out_dir: str | Path, predictor: Predictor,
-                  mpp: float | None = GLAS_MPP) -> PredictReport:
-    """Segment ``paths`` into ``out_dir`` (outputs above). Stems must be unique."""
-    from glandseg.report.outputs import write_glands_csv, write_outputs
+def _csv_problem(out: Path) -> str | None:
+    """Why ``out/glands.csv`` must not be overwritten, or ``None`` if it is ours (or absent)."""
+    path = out / CSV_NAME
+    if path.is_dir():
+        return f"{path} is a folder"
+    if not path.exists():
+        return None
+    rec = _read_json(out / STATE_DIR / "glands.json") or {}
+    if _sha256(path) not in (rec.get("sha256") or []):
+        return (f"{path} exists and was not written by glandseg (or was edited since)")
+    return None
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def _prepare_out(out_dir: str | os.PathLike) -> Path:
+    """``--out`` as an absolute path; raises if it (or a parent) is a file. Creates nothing."""
+    out = Path(os.path.abspath(out_dir))
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "--out" if p == out else f"a parent of --out {out}"
+                raise GlandsegError(f"{p} ({what}) is an existing file, not a folder; "
+                                    "give --out a new or existing folder")
+            break
+    state = out / STATE_DIR
+    if state.exists() and not state.is_dir():
+        raise GlandsegError(f"{state} is a file; glandseg keeps its records there: "
+                            "move it away or choose another --out")
+    return out
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = len(items) - _MAX_LISTED
+    return "; ".join(items[:_MAX_LISTED]) + (f"; and {more} more" if more > 0 else "")
+
+
+def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
+                 mode: str = "refuse") -> tuple[list[Path], list[Path]]:
+    """Check a run before anything is written; return ``(to_do, skipped)`` input paths.
+
+    Raises :class:`GlandsegError` (nothing written) when two inputs share a stem, an output
+    path would replace an input, an output path is a folder or a file glandseg did not
+    write, or (``mode="refuse"``) outputs of ours already exist. ``mode="skip"`` skips the
+    images whose outputs are all present and complete; ``"overwrite"`` replaces ours.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    out = _prepare_out(out_dir)
     stems = [p.stem for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise GlandsegError(f"several inputs share the name(s) {', '.join(dup)}; outputs would "
                             "overwrite each other: predict them into separate --out folders")
-    report = PredictReport()
-    rows: list[dict] = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=None):
+    given = {Path(os.path.abspath(p)): p for p in paths}
+    real = {p.resolve(): p for p in paths}
+    inodes = {(st.st_dev, st.st_ino): p for p in paths if (st := _stat(p))}
+    hits = []
+    for p in paths:
+        for name in [*output_names(p.stem), CSV_NAME]:
+            target = out / name
+            src = given.get(target) or real.get(target.resolve())
+            if src is None and (st := _stat(target)):  # a hard link to an input
+                src = inodes.get((st.st_dev, st.st_ino))
+            if src is not None:
+                hits.append(f"{target} is the input {src}")
+    if hits:
+        hits = list(dict.fromkeys(hits))
+        raise GlandsegError("an output would overwrite an input (" + _listed(hits)
+                            + "): choose an --out folder that holds no input images")
+    problems: list[str] = []
+    existing: dict[Path, str] = {}
+    if out.is_dir():
+        csv_problem = _csv_problem(out)
+        if csv_problem:
+            problems.append(csv_problem)
+        for p in paths:
+            state, why = _image_state(out, p.stem)
+            problems += why
+            if state != "absent":
+                existing[p] = state
+    if problems:
+        raise GlandsegError("refusing to overwrite files glandseg did not write ("
+                            + _listed(problems) + "): move them away or choose another --out")
+    if existing and mode == "refuse":
+        names = [f"{out / output_names(p.stem)[0]}" for p in existing]
+        raise GlandsegError(f"outputs of {len(existing)} image(s) already exist in {out} ("
+                            + _listed(names) + "): pass --overwrite to replace them or "
+                            "--skip-existing to keep them and segment only the others")
+    skipped = [p for p, s in existing.items() if mode == "skip" and s == "complete"]
+    todo = [p for p in paths if p not in set(skipped)]
+    return todo, skipped
+
+
+def _write_record(out: Path, stem: str, rec: dict[str, Any]) -> None:
+    write_text(_record_path(out, stem), json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
+
+
+def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLike, image,
+                 labels, mpp: float | None, mode: str = "refuse") -> bool:
+    """Write one image's outputs and its record under the folder lock.
+
+    ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background.
+    Re-checks the image's outputs under the lock (another run may have written them since
+    :func:`plan_outputs`): raises :class:`GlandsegError` for files glandseg did not write,
+    or for outputs of ours that appeared meanwhile with ``mode="refuse"``. Returns
+    ``False`` (nothing written) with ``mode="skip"`` when complete outputs appeared.
+    """
+    from glandseg.report.outputs import format_rows, write_outputs
+
+    out = Path(out_dir)
+    with folder_lock(out):
+        state, problems = _image_state(out, stem)
+        if problems:
+            raise GlandsegError("refusing to overwrite files glandseg did not write ("
+                                + _listed(problems) + ")")
+        if state != "absent":
+            if mode == "skip" and state == "complete":
+                return False
+            if mode == "refuse":
+                raise GlandsegError(f"{stem}: outputs appeared in {out} during this run "
+                                    "(another run?); pass --overwrite or --skip-existing")
+        names = output_names(stem)
+        rec: dict[str, Any] = {"format": "glandseg-output-record", "version": 1,
+                               "image": stem, "source": str(source), "state": "pending",
+                               "files": {n: None for n in names}, "rows": [],
+                               "glandseg": __version__}
+        _write_record(out, stem, rec)
+        rows = write_outputs(out, stem, image, labels, mpp)
+        rec.update(state="done", files={n: _file_id(out / n) for n in names},
+                   rows=format_rows(rows),
+                   written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        _write_record(out, stem, rec)
+    return True
+
+
+def join_glands_csv(out_dir: str | os.PathLike) -> int:
+    """Rewrite ``<out>/glands.csv`` from the records of every image whose outputs are all in
+    the folder (ordered by image name), under the folder lock. Returns the number of rows.
+
+    Raises :class:`GlandsegError` if ``glands.csv`` is not ours. Its checksum is recorded
+    before (with the old one) and after the atomic write, so a kill at any instant leaves
+    a ``glands.csv`` that the next run still recognises.
+    """
+    from glandseg.report.outputs import glands_csv
+
+    out = Path(out_dir)
+    with folder_lock(out):
+        problem = _csv_problem(out)
+        if problem:
+            raise GlandsegError(f"{problem}; not rewritten: move it away and run again")
+        recs = []
+        rdir = _records_dir(out)
+        for p in rdir.glob("*.json") if rdir.is_dir() else ():
+            rec = _read_json(p)
+            if (rec and rec.get("state") == "done" and isinstance(rec.get("files"), dict)
+                    and all((out / n).is_file() for n in rec["files"])):
+                recs.append(rec)
+        recs.sort(key=lambda r: _natural_key(str(r.get("image", ""))))
+        rows = [row for r in recs for row in r.get("rows", [])]
+        text = glands_csv(rows)
+        new = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        meta = out / STATE_DIR / "glands.json"
+        old = (out / CSV_NAME)
+        before = [_sha256(old)] if old.is_file() else []
+        write_text(meta, json.dumps({"sha256": [*before, new]}) + "\n")
+        write_text(out / CSV_NAME, text)
+        write_text(meta, json.dumps({"sha256": [new]}) + "\n")
+    return len(rows)
+
+
+@dataclass
+class PredictReport:
+    """What a batch did: images segmented / skipped, glands found, failures ``(path, why)``."""
+
+    n_ok: int = 0
+    n_glands: int = 0
+    n_skipped: int = 0
+    n_rows: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
+                  mpp: float | None = GLAS_MPP, mode: str = "refuse",
+                  progress: bool = True) -> PredictReport:
+    """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
+
+    ``predictor``: anything with ``predict(uint8 (H, W, 3)) -> (H, W)`` integer labels.
+    ``mode``: ``"refuse"`` / ``"overwrite"`` / ``"skip"`` existing outputs of ours.
+    ``progress``: a per-image bar on stderr (shown on a terminal only).
+    Raises :class:`GlandsegError` before writing anything if the run would overwrite an
+    input or a file glandseg did not write (:func:`plan_outputs`).
+    """
+    todo, skipped = plan_outputs(paths, out_dir, mode)
+    out = _prepare_out(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GlandsegError(f"{out}: cannot create the output folder ({exc})") from exc
+    report = PredictReport(n_skipped=len(skipped))
+    if skipped:
+        log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
+    for path in tqdm(todo, desc="predict", unit="img", disable=None if progress else True):
         try:
             image = read_image(path)
+            labels = predictor.predict(image)
+            if not commit_image(out, path.stem, path, image, labels, mpp, mode):
+                report.n_skipped += 1
+                continue
         except GlandsegError as exc:
             log.error("%s", exc)
             report.failed.append((str(path), str(exc)))
             continue
-        labels = predictor.predict(image)
-        rows += write_outputs(out_dir, path.stem, image, labels, mpp)
         report.n_ok += 1
-        report.n_glands += int(labels.max())
-    write_glands_csv(out_dir / "glands.csv", rows)
+        report.n_glands += int(labels.max()) if labels.size else 0
+    report.n_rows = join_glands_csv(out)
     return report

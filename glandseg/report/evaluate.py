@@ -3,8 +3,10 @@ against the published table and draw the study's Fig. 4.
 
 Writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metrics.json``
 (the shape of ``glandseg score`` plus ``bce``/``count_score``/``pixel_dice`` in each
-part's ``per_image``), ``per_image.csv``, ``leaderboard.txt`` + ``leaderboard.csv`` and
-``fig4_testA.png`` / ``fig4_testB.png`` (best, average and worst image by object Dice).
+part's ``per_image``, and per part ``n_images_total`` and ``partial``: fewer images scored
+than the data folder has, as with ``--limit``), ``per_image.csv``, ``leaderboard.txt`` +
+``leaderboard.csv`` (a partial result listed, not ranked) and ``fig4_testA.png`` /
+``fig4_testB.png`` (best, average and worst image by object Dice).
 The same metrics against ground truth whose disconnected regions are separate glands
 (:func:`glandseg.metrics.score.split_gt_components`) go to ``*_split_gt.*``.
 """
@@ -33,26 +35,57 @@ def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
     return probs[0] if task == "binary" else 1.0 - probs[0]
 
 
+#: Fixed outputs of an evaluation (besides ``predictions/``); each must not be a folder.
+OUTPUT_FILES = tuple(f"{stem}{suffix}{ext}" for suffix in ("", "_split_gt")
+                     for stem, ext in (("metrics", ".json"), ("per_image", ".csv"),
+                                       ("leaderboard", ".txt"), ("leaderboard", ".csv"))) + (
+    "fig4_testA.png", "fig4_testB.png")
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Raise :class:`GlandsegError` if ``out`` cannot take an evaluation: it (or a parent)
+    is a file, ``predictions`` is a file, or an output name is a folder. Creates nothing."""
+    out = Path(out)
+    for p in (out, *out.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                raise GlandsegError(f"{p} is an existing file, not a folder; give --out a "
+                                    "new or existing folder")
+            break
+    if (out / "predictions").exists() and not (out / "predictions").is_dir():
+        raise GlandsegError(f"{out / 'predictions'} is a file; evaluate writes its label "
+                            "images into that folder: move it away or choose another --out")
+    dirs = [str(out / n) for n in OUTPUT_FILES if (out / n).is_dir()]
+    if dirs:
+        raise GlandsegError(f"{', '.join(dirs)}: a folder where evaluate writes a file; move "
+                            "it away or choose another --out")
+    return out
+
+
 def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
                    name: str = "glandseg", splits: tuple[str, ...] = ("testA", "testB"),
-                   limit: int | None = None) -> dict:
+                   limit: int | None = None, progress: bool = True) -> dict:
     """Evaluate ``predictor`` on the test parts of the GlaS folder ``data``.
 
     ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
-    not the official figures). Returns the metrics dict also written to ``metrics.json``.
+    not the official figures: each part of ``metrics.json`` carries ``"n_images_total"``,
+    the part's annotated images in ``data``, and ``"partial": true`` when fewer were
+    scored, and the leaderboard shows the result unranked). ``progress``: a per-image bar
+    on stderr (on a terminal). Returns the metrics dict also written to ``metrics.json``.
     """
     from glandseg.metrics.score import evaluate_pairs
 
-    out = Path(out)
+    out = check_out_dir(out)
     samples = [s for s in discover(data, splits=splits) if s.anno is not None]
+    totals = {sp: sum(s.split == sp for s in samples) for sp in splits}
     if limit:
         samples = [s for sp in splits for s in [x for x in samples if x.split == sp][:limit]]
     if not samples:
         raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
     results, split_results = [], []
     dense = predictor.task != "instances"
-    for s in tqdm(samples, desc="evaluate", unit="img", disable=None):
-        image, truth = read_image(s.image), read_label(s.anno)
+    for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
+        image, truth = read_image(s.image), read_label(s.anno, what="annotation")
         if dense:
             probs = predictor.predict_proba(image)
             labels = predictor.postprocess(probs)
@@ -62,18 +95,25 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         write_label(out / "predictions" / f"{s.name}.png", labels)
         results += evaluate_pairs([(s.name, labels, truth, prob)])
         split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
-    metrics = _write_metrics(results, name, out, "")
-    _write_metrics(split_results, name, out, "_split_gt")
+    metrics = _write_metrics(results, name, out, "", totals)
+    _write_metrics(split_results, name, out, "_split_gt", totals)
     _figures(results, samples, out)
     return metrics
 
 
-def _write_metrics(results: list, name: str, out: Path, suffix: str) -> dict:
-    """``metrics{suffix}.json``, ``per_image{suffix}.csv`` and the leaderboard files."""
+def _write_metrics(results: list, name: str, out: Path, suffix: str,
+                   totals: dict[str, int] | None = None) -> dict:
+    """``metrics{suffix}.json``, ``per_image{suffix}.csv`` and the leaderboard files.
+
+    ``totals``: annotated images per part in the data folder (``n_images_total``; a part
+    with fewer scored images is ``"partial": true``)."""
     from glandseg.metrics.score import per_image_table, summarize
 
     metrics = summarize(results)
     for pname, part in metrics.items():
+        total = (totals or {}).get(pname, part["n_images"])
+        part["n_images_total"] = total
+        part["partial"] = part["n_images"] < total
         rs = [r for r in results if r.part == pname]
         part["per_image"].setdefault("count_score", float(np.mean([r.count_score for r in rs])))
         part["per_image"]["pixel_dice"] = float(np.mean([r.pixel_dice for r in rs]))
@@ -92,6 +132,7 @@ def _leaderboard(metrics: dict, name: str, out: Path, suffix: str = "") -> None:
     if not {"testA", "testB"} <= set(metrics):
         log.info("leaderboard needs both Test A and Test B; skipped")
         return
+    # partial results (evaluate --limit, a folder short of images) are listed, not ranked
     from glandseg.report.leaderboard import format_table, rank, write_csv
 
     rows = rank(metrics, name)

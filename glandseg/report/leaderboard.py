@@ -15,7 +15,9 @@ Our results come from the ``metrics.json`` that ``glandseg score`` writes::
      "testB": {...}}
 
 The official challenge figures are the *pooled* ones, so those are ranked. Unknown keys
-are ignored.
+are ignored. A *partial* result (a part marked ``"partial": true`` by ``glandseg evaluate
+--limit``, or with fewer than the official 60 Test A / 20 Test B images) is not comparable
+with the published figures: it is listed below the ranked rows, marked ``~``, unranked.
 
 Rows of kind ``seed_claim`` (the study's own two rows) were scored with a non-official
 metric; they are ranked, as in the study's Fig. 5, but marked and footnoted.
@@ -65,14 +67,20 @@ DEFAULT_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim")
 ALL_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim", "later_method")
 #: Kind given to the results ranked with :func:`rank` / :func:`rank_many`.
 OURS = "ours"
+#: Kind of our results on fewer than all official test images: listed, never ranked.
+PARTIAL = "ours_partial"
+#: Images in the official GlaS test parts.
+OFFICIAL_IMAGES: dict[str, int] = {"testA": 60, "testB": 20}
 
-MARKERS: dict[str, str] = {"seed_claim": "*", OURS: "+"}
+MARKERS: dict[str, str] = {"seed_claim": "*", OURS: "+", PARTIAL: "~"}
 FOOTNOTES: dict[str, str] = {
     "seed_claim": (
         "scored with a non-official metric (pixel-weighted per-object F1 on binarized "
         "masks); not comparable"
     ),
     OURS: "this work: official GlaS metrics (pooled over each test part)",
+    PARTIAL: "this work on PARTIAL test parts (not every official image scored): shown for "
+    "reference, not ranked",
 }
 
 #: Values are compared at this many decimals, the precision of the published table, so
@@ -98,31 +106,37 @@ class Row:
 
     ``ranks`` maps each column of :data:`COLUMN_NAMES` to its competition rank,
     ``rank_sum`` is their sum and ``place`` the competition rank of the sum (1 = best).
+    A partial result (kind :data:`PARTIAL`) has no ranks, ``rank_sum`` and ``place``
+    ``None``, and ``note`` saying how many images each part had.
     """
 
     method: str
     kind: str
     values: dict[str, float]
     ranks: dict[str, int] = field(default_factory=dict)
-    rank_sum: int = 0
-    place: int = 0
+    rank_sum: int | None = 0
+    place: int | None = 0
     year: int | None = None
     source: str = ""
+    note: str = ""
 
     @property
     def marker(self) -> str:
-        """``"*"`` for the study's non-official rows, ``"+"`` for ours, else ``""``."""
+        """``"*"`` for the study's non-official rows, ``"+"`` for ours, ``"~"`` for our
+        partial ones, else ``""``."""
         return MARKERS.get(self.kind, "")
 
     def as_dict(self) -> dict[str, Any]:
-        """Flat dict: method, kind, year, each value and its rank, rank_sum, place, source."""
+        """Flat dict: method, kind, year, each value and its rank, rank_sum, place, source,
+        note (``None`` ranks and place for a partial result)."""
         d: dict[str, Any] = {"place": self.place, "method": self.method, "kind": self.kind}
         d["year"] = self.year
         for col in COLUMN_NAMES:
             d[col] = self.values[col]
-            d[f"{col}_rank"] = self.ranks[col]
+            d[f"{col}_rank"] = self.ranks.get(col)
         d["rank_sum"] = self.rank_sum
         d["source"] = self.source
+        d["note"] = self.note
         return d
 
 
@@ -215,6 +229,25 @@ def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
+def partial_note(metrics: Mapping[str, Any]) -> str:
+    """``""`` for a result on the full official test parts; else which parts are partial,
+    e.g. ``"testA 5 of 60 images, testB 5 of 20 images"``.
+
+    A part is partial when ``metrics.json`` marks it ``"partial": true`` or its
+    ``n_images`` is below :data:`OFFICIAL_IMAGES` (a missing ``n_images`` is not judged).
+    """
+    notes = []
+    for part, official in OFFICIAL_IMAGES.items():
+        section = metrics.get(part)
+        if not isinstance(section, Mapping):
+            continue
+        n = section.get("n_images")
+        known = isinstance(n, int) and not isinstance(n, bool)
+        if section.get("partial") is True or (known and n < official):
+            notes.append(f"{part} {n if known else '?'} of {official} images")
+    return ", ".join(notes)
+
+
 def competition_ranks(
     values: Sequence[float], higher_is_better: bool, decimals: int | None = None
 ) -> list[int]:
@@ -244,13 +277,16 @@ def rank_many(
 
     ``table``: published methods (default: the packaged table); ``kinds``: which kinds of
     published rows to include (default :data:`DEFAULT_KINDS`, ``None`` = all). Our rows get
-    kind ``"ours"``. Returns the rows sorted by place (then by the table's order).
+    kind ``"ours"``; partial results (:func:`partial_note`) get kind :data:`PARTIAL`, no
+    ranks, and come after the ranked rows. Returns the ranked rows sorted by place (then by
+    the table's order), then the partial ones.
     """
     published = load_published() if table is None else list(table)
     if kinds is not None:
         kinds = set(kinds)
         published = [m for m in published if m.kind in kinds]
     entries = list(published)
+    partial: list[Row] = []
     taken = {m.method for m in published}
     for name, metrics in results.items():
         if name in taken:
@@ -258,6 +294,12 @@ def rank_many(
                 f"name {name!r} is already a row of the table; pick another name (--name)"
             )
         taken.add(name)
+        note = partial_note(metrics)
+        if note:
+            log.warning("%s: partial result (%s); listed, not ranked", name, note)
+            partial.append(Row(method=name, kind=PARTIAL, values=metrics_values(metrics),
+                               rank_sum=None, place=None, note=note))
+            continue
         entries.append(Method(method=name, kind=OURS, values=metrics_values(metrics)))
 
     rows = [
@@ -274,7 +316,7 @@ def rank_many(
     for r, p in zip(rows, places, strict=True):
         r.place = p
     order = sorted(range(len(rows)), key=lambda i: (rows[i].place, i))
-    return [rows[i] for i in order]
+    return [rows[i] for i in order] + partial
 
 
 def rank(
@@ -296,10 +338,13 @@ def _fmt_value(v: float) -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table like the study's Fig. 5: method, the six values each with its
-    rank in parentheses, the rank sum and the place; footnotes for marked rows."""
+    rank in parentheses, the rank sum and the place; footnotes for marked rows. Partial
+    results follow the ranked rows below a rule, with ``-`` for every rank."""
     header = ["Place", "Method", *(HEADERS[c] for c in COLUMN_NAMES), "Rank sum"]
     body = []
-    for r in rows:
+    ranked = [r for r in rows if r.kind != PARTIAL]
+    unranked = [r for r in rows if r.kind == PARTIAL]
+    for r in ranked:
         body.append(
             [
                 str(r.place),
@@ -308,6 +353,9 @@ def format_table(rows: Sequence[Row]) -> str:
                 str(r.rank_sum),
             ]
         )
+    for r in unranked:
+        body.append(["-", f"{r.method}{r.marker}",
+                     *(f"{_fmt_value(r.values[c])} (-)" for c in COLUMN_NAMES), "-"])
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     left = {1}  # the method column is left-aligned, numbers right-aligned
 
@@ -317,10 +365,15 @@ def format_table(rows: Sequence[Row]) -> str:
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
-    out = [line(header), "  ".join("-" * w for w in widths)]
-    out += [line(b) for b in body]
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(header), rule]
+    out += [line(b) for b in body[: len(ranked)]]
+    if unranked:
+        out += [rule, *(line(b) for b in body[len(ranked):])]
     kinds_present = {r.kind for r in rows}
-    notes = [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", OURS) if k in kinds_present]
+    notes = [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", OURS, PARTIAL)
+             if k in kinds_present]
+    notes += [f"~ {r.method}: {r.note}" for r in unranked]
     notes.append(
         "Object Hausdorff in pixels, lower is better; per metric and part, competition "
         "ranking (ties share the best rank); the rank sum orders the methods."

@@ -300,6 +300,12 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def format_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Rows of :func:`measure` with each value as its ``glands.csv`` text (``None`` / NaN
+    empty, floats to 8 significant digits), so stored rows join into the exact CSV."""
+    return [{k: _fmt(v) for k, v in r.items()} for r in rows]
+
+
 def glands_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     """Rows of :func:`measure` as CSV text: :data:`GLAND_COLUMNS` first, then any extra keys;
     ``None`` / NaN as empty cells."""
@@ -332,7 +338,8 @@ def write_outputs(
     Files (each written atomically): ``<stem>.png`` (the labels as a 16-bit PNG, ids kept),
     ``<stem>_overlay.png`` (:func:`overlay`) and ``<stem>.geojson`` (:func:`to_geojson`).
     ``image``: ``uint8`` ``(H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background, at
-    most 65535. The caller writes one ``glands.csv`` over all images (:func:`write_glands_csv`).
+    most 65535. The caller writes one ``glands.csv`` over all images
+    (:func:`glandseg.report.batch.join_glands_csv` for a folder of many images).
     """
     labels = _check_labels(labels)
     out = Path(out_dir)

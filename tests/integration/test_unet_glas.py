@@ -43,7 +43,8 @@ def test_evaluate_model_limit_1(glas_dir: Path, tiny_run: Path, tmp_path: Path) 
     assert set(on_disk) == {"testA", "testB"}
     for part in ("testA", "testB"):
         m = on_disk[part]
-        assert set(m) == {"n_images", "pooled", "per_image"} and m["n_images"] == 1
+        assert set(m) == {"n_images", "n_images_total", "partial", "pooled", "per_image"}
+        assert m["n_images"] == 1 and m["n_images_total"] > 1 and m["partial"] is True
         assert set(m["pooled"]) == POOLED and set(m["per_image"]) == PER_IMAGE
         for k in ("f1", "object_dice", "pixel_dice", "count_score"):
             v = m["per_image"][k]

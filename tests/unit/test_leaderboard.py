@@ -147,3 +147,44 @@ def test_cli_error_on_missing_file(tmp_path: Path, capsys) -> None:
     assert main(["leaderboard", str(tmp_path / "nope.json")]) == 1
     err = capsys.readouterr().err
     assert "nope.json" in err and "not found" in err
+
+
+def test_partial_results_listed_not_ranked() -> None:
+    full = _metrics(0.9, 0.7, 0.8, 0.9, 60.0, 90.0)
+    limited = _metrics(1.0, 1.0, 1.0, 1.0, 0.0, 0.0)  # perfect, but on 5 + 5 images
+    limited["testA"]["n_images"] = limited["testB"]["n_images"] = 5
+    flagged = _metrics(1.0, 1.0, 1.0, 1.0, 0.0, 0.0)  # all images counted, yet marked
+    flagged["testB"]["partial"] = True
+    assert lb.partial_note(full) == ""
+    assert lb.partial_note(limited) == "testA 5 of 60 images, testB 5 of 20 images"
+    assert lb.partial_note(flagged) == "testB 20 of 20 images"
+    alone = lb.rank_many({"full": full})
+    rows = lb.rank_many({"full": full, "lim": limited, "flag": flagged})
+    # the partial rows change no one's rank and come last, without a place
+    assert [(r.method, r.place, r.ranks) for r in rows[:-2]] == [
+        (r.method, r.place, r.ranks) for r in alone]
+    assert [r.method for r in rows[-2:]] == ["lim", "flag"]
+    assert all(r.kind == lb.PARTIAL and r.place is None and not r.ranks for r in rows[-2:])
+    text = lb.format_table(rows)
+    lines = text.splitlines()
+    lim_line = next(ln for ln in lines if "lim~" in ln)
+    assert lim_line.split()[0] == "-" and "(1)" not in lim_line
+    assert lines.index(lim_line) > max(i for i, ln in enumerate(lines) if "full+" in ln)
+    assert "not ranked" in text and "lim: testA 5 of 60 images" in text
+    csv_rows = list(csv.DictReader(lb.rows_to_csv(rows).splitlines()))
+    assert csv_rows[-2]["method"] == "lim" and csv_rows[-2]["place"] == ""
+    assert csv_rows[-2]["kind"] == "ours_partial" and csv_rows[-2]["f1_a_rank"] == ""
+
+
+def test_cli_marks_partial_metrics(tmp_path: Path, capsys) -> None:
+    m = _metrics(0.95, 0.93, 0.93, 0.9, 30.0, 60.0)
+    for part in ("testA", "testB"):
+        m[part].update(n_images=1, n_images_total=m[part]["n_images"], partial=True)
+    p = tmp_path / "quick" / "metrics.json"
+    p.parent.mkdir()
+    p.write_text(json.dumps(m))
+    assert main(["leaderboard", str(p)]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[2]
+    assert "quick" not in first  # not placed first although best on every value
+    assert "quick~" in out and "PARTIAL" in out and "testA 1 of 60 images" in out
