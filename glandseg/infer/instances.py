@@ -15,13 +15,15 @@ task ``instances``):
    pieces below ``min_area`` input pixels, relabel 1..N.
 
 Flip TTA (``predictor.tta``) is ignored for instances: averaging detections needs box/mask
-fusion that this module does not do.
+fusion that this module does not do. The post-processing parameters, their defaults and
+ranges are :class:`glandseg.models.config.InstancePost` (an unknown key is an error).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -30,10 +32,12 @@ from scipy import ndimage as ndi
 
 from glandseg.infer.postprocess import relabel_sequential
 from glandseg.infer.stitch import Detection, detections_from_output, stitch, tile_windows
+from glandseg.models.config import InstancePost, check_keys
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"score_threshold": 0.5, "mask_threshold": 0.5, "min_area": 100}
+#: The default parameters (from :class:`InstancePost`, the one place they are set).
+DEFAULTS = InstancePost().as_dict()
 GRID = {
     "score_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
     "mask_threshold": [0.4, 0.5, 0.6],
@@ -77,8 +81,8 @@ def detect_groups(predictor, image: np.ndarray, min_score: float | None = None
     """Instances of ``image`` (``uint8 (H, W, 3)``) at the input resolution, as stitched
     groups of detections with score ≥ ``min_score`` (default: the config's
     ``score_threshold``). Each group is one gland (see :mod:`glandseg.infer.stitch`)."""
-    post = {**DEFAULTS, **predictor.config.get("postprocess", {})}
-    min_score = post["score_threshold"] if min_score is None else min_score
+    if min_score is None:
+        min_score = _post(predictor).score_threshold
     H, W = image.shape[:2]
     x = _scaled(image, predictor.scale)
     h, w = x.shape[-2:]
@@ -103,7 +107,7 @@ def detect_groups(predictor, image: np.ndarray, min_score: float | None = None
 
 def groups_to_labels(groups: list[list[Detection]], shape: tuple[int, int],
                      score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                     min_area: int = 100, **_: object) -> np.ndarray:
+                     min_area: int = 100) -> np.ndarray:
     """Stitched instance groups → labels ``int32 shape``, 0 = background, 1..N.
 
     Members below ``score_threshold`` are dropped; a group's probability is the maximum over
@@ -147,27 +151,40 @@ def groups_to_labels(groups: list[list[Detection]], shape: tuple[int, int],
     return relabel_sequential(labels)
 
 
-def predict_instances(predictor, image: np.ndarray, params: dict | None = None) -> np.ndarray:
+def _post(predictor, params: Mapping | None = None) -> InstancePost:
+    """The predictor's checked ``InstancePost`` with ``params`` (some keys) replacing its own."""
+    post = predictor.model_config.postprocess
+    if not isinstance(post, InstancePost):
+        raise ValueError(f"a {predictor.task!r} model has no instance post-processing")
+    return post.updated(params) if params else post
+
+
+def predict_instances(predictor, image: np.ndarray, params: Mapping | None = None
+                      ) -> np.ndarray:
     """``uint8 (H, W, 3)`` → instance labels ``int32 (H, W)``, 0 = background, with the
-    config's ``postprocess`` (``score_threshold``, ``mask_threshold``, ``min_area``) or
-    ``params``."""
+    config's ``postprocess`` (``score_threshold``, ``mask_threshold``, ``min_area``), or
+    with ``params`` replacing those it names (checked: an unknown key is an error)."""
     if getattr(predictor, "tta", False):
         log.debug("flip TTA is not applied to instance models")
-    post = {**DEFAULTS, **predictor.config.get("postprocess", {}), **(params or {})}
-    groups = detect_groups(predictor, image, min_score=post["score_threshold"])
-    return groups_to_labels(groups, image.shape[:2], **post)
+    post = _post(predictor, params)
+    groups = detect_groups(predictor, image, min_score=post.score_threshold)
+    return groups_to_labels(groups, image.shape[:2], **post.as_dict())
 
 
 def tune_instances(predictor, val_data: list[tuple[str, np.ndarray, np.ndarray]],
-                   grid: dict | None = None) -> tuple[dict, float]:
+                   grid: Mapping | None = None) -> tuple[dict, float]:
     """Best ``score_threshold``/``mask_threshold``/``min_area`` on ``val_data`` =
     ``[(name, image uint8 (H, W, 3), truth labels (H, W))]``, by pooled ``F1 + object Dice``
-    (as :func:`glandseg.train.tune.tune_postprocess`). Detections are computed once per
-    image. Returns ``(params, pooled object Dice at those params)``."""
-    from glandseg.train.tune import grid_search
+    (as :func:`glandseg.train.tune.tune_postprocess`; the one grid search is
+    :func:`glandseg.metrics.gridsearch.grid_search`). Parameters absent from ``grid`` keep
+    the config's values. Detections are computed once per image. Returns
+    ``(params, pooled object Dice at those params)``."""
+    from glandseg.metrics.gridsearch import grid_search  # metrics: below infer, no cycle
 
-    grid = grid or GRID
-    floor = min(grid["score_threshold"])
+    grid = dict(grid or GRID)
+    check_keys("tuning grid of task 'instances'", "", grid, InstancePost.names())
+    base = _post(predictor).as_dict()
+    floor = min(grid.get("score_threshold", [base["score_threshold"]]))
     dets = [(n, detect_groups(predictor, img, min_score=floor), t) for n, img, t in val_data]
     return grid_search(grid, dets, lambda g, shape, params: groups_to_labels(g, shape, **params),
-                       base=DEFAULTS)
+                       base=base)

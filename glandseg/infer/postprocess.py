@@ -6,17 +6,23 @@
 - ``binary`` task (the study's U-Net): threshold, then optionally split weakly connected
   objects by a distance-transform watershed (``split_h`` > 0).
 
-Both remove objects smaller than ``min_area`` and fill holes inside each object.
+Both remove objects smaller than ``min_area`` and fill holes inside each object. The
+parameters of each task, their defaults and ranges are
+:class:`glandseg.models.config.ContourPost` and :class:`~glandseg.models.config.BinaryPost`;
+an unknown parameter is an error, never silently ignored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
+
+from glandseg.models.config import PostParams, postprocess_params
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 def contour_to_labels(probs: np.ndarray, interior_threshold: float = 0.5,
                       foreground_threshold: float = 0.5, min_area: int = 100,
-                      min_seed_area: int = 30, fill_holes: bool = True, **_: object) -> np.ndarray:
+                      min_seed_area: int = 30, fill_holes: bool = True) -> np.ndarray:
     """``probs``: float ``(3, H, W)`` (background, interior, boundary) → labels ``int32 (H, W)``."""
     interior = probs[1]
     fg = (probs[1] + probs[2]) > foreground_threshold
@@ -84,7 +90,7 @@ def contour_to_labels(probs: np.ndarray, interior_threshold: float = 0.5,
 
 
 def binary_to_labels(prob: np.ndarray, foreground_threshold: float = 0.5, min_area: int = 100,
-                     split_h: float = 0.0, fill_holes: bool = True, **_: object) -> np.ndarray:
+                     split_h: float = 0.0, fill_holes: bool = True) -> np.ndarray:
     """``prob``: float ``(H, W)`` or ``(1, H, W)`` foreground probability → labels ``int32``."""
     prob = prob[0] if prob.ndim == 3 else prob
     fg = prob > foreground_threshold
@@ -100,10 +106,16 @@ def binary_to_labels(prob: np.ndarray, foreground_threshold: float = 0.5, min_ar
     return relabel_sequential(labels)
 
 
-def probs_to_labels(probs: np.ndarray, task: str, params: dict) -> np.ndarray:
-    """Dispatch on the model's task (``contour`` or ``binary``) with the config's thresholds."""
+def probs_to_labels(probs: np.ndarray, task: str, params: Mapping | PostParams | None = None
+                    ) -> np.ndarray:
+    """Dispatch on the model's task (``contour``: ``probs`` float ``(3, H, W)``; ``binary``:
+    ``(1, H, W)`` or ``(H, W)``) → labels ``int32 (H, W)``, 0 = background. ``params``: a
+    dict of some of the task's parameters (the rest default) or a checked
+    :class:`~glandseg.models.config.ContourPost` / ``BinaryPost``; an unknown key or an
+    out-of-range value is a :class:`~glandseg.GlandsegError` naming it."""
+    if task not in ("contour", "binary"):
+        raise ValueError(f"no probability post-processing for task {task!r}")
+    kw = postprocess_params(task, params).as_dict()
     if task == "contour":
-        return contour_to_labels(probs, **params)
-    if task == "binary":
-        return binary_to_labels(probs, **params)
-    raise ValueError(f"no probability post-processing for task {task!r}")
+        return contour_to_labels(probs, **kw)
+    return binary_to_labels(probs, **kw)

@@ -10,39 +10,53 @@ size plus the probability canvas.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glandseg import GlandsegError
 from glandseg.infer.postprocess import probs_to_labels
+from glandseg.models.config import ModelConfig, Tiling
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TileConfig:
-    """Tiling settings, in pixels at the model's working scale.
-
-    An image whose scaled sides both fit in ``tile`` is predicted whole (most context).
-    """
-
-    tile: int = 512
-    overlap: int = 96
-    batch_size: int = 2
+#: Tiling settings (pixels at the model's working scale), checked on construction.
+TileConfig = Tiling
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA if available, else MPS, else CPU."""
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA if available, else MPS, else CPU. Asking for ``cuda`` or ``mps`` on a
+    machine without it is a one-line :class:`GlandsegError`."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise GlandsegError(f"device {device!r}: not a device name; use auto, cpu, cuda "
+                            "or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GlandsegError(f"device {device!r}: CUDA is not available on this machine "
+                            f"(torch {torch.__version__}); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GlandsegError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) here; use --device cuda or auto")
+    if dev.type == "mps" and not _mps_available():
+        raise GlandsegError(f"device {device!r}: MPS is not available on this machine; use "
+                            "--device cpu or auto")
+    return dev
 
 
 def _window(h: int, w: int, overlap: int) -> torch.Tensor:
@@ -69,31 +83,39 @@ class Predictor:
     """Segment images with a dense model (``task`` ``contour`` or ``binary``) or an instance
     model (``task`` ``instances``, Mask R-CNN).
 
-    Parameters: ``model`` (eval mode), ``config`` (the model config), ``device``,
-    ``tta`` (average over horizontal/vertical flips), ``tiling`` (:class:`TileConfig`).
+    Parameters: ``model`` (eval mode), ``config`` (a :class:`ModelConfig`, or a config dict:
+    checked, and the ``model`` key may then be missing or name a network built elsewhere),
+    ``device``, ``tta`` (average over horizontal/vertical flips), ``tiling``
+    (:class:`TileConfig`, default: the config's).
+
+    Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
+    ``task``, ``scale``, ``mean``/``std`` (``float32 (3, 1, 1)``), ``tiling``, ``stride``.
     """
 
-    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu",
-                 tta: bool = False, tiling: TileConfig | None = None) -> None:
-        self.device = pick_device(device) if isinstance(device, str) else device
+    def __init__(self, model: nn.Module, config: ModelConfig | dict,
+                 device: str | torch.device = "cpu", tta: bool = False,
+                 tiling: TileConfig | None = None) -> None:
+        self.device = pick_device(device)
         self.model = model.to(self.device).eval()
-        self.config = config
-        self.task = config.get("task", "contour")
-        pre = config.get("preprocess", {})
-        self.scale = float(pre.get("scale", 1.0))
-        self.mean = torch.tensor(pre.get("mean", (0.0, 0.0, 0.0))).view(3, 1, 1)
-        self.std = torch.tensor(pre.get("std", (1.0, 1.0, 1.0))).view(3, 1, 1)
+        mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(
+            config, require_model=False)
+        self.model_config = mc
+        self.config = mc.to_dict()
+        self.task = mc.task
+        self.scale = mc.preprocess.scale
+        self.mean = torch.tensor(mc.preprocess.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(mc.preprocess.std, dtype=torch.float32).view(3, 1, 1)
         self.tta = tta
-        self.tiling = tiling or TileConfig(**config.get("tiling", {}))
+        self.tiling = tiling or mc.tiling
         self.stride = int(getattr(model, "stride", 32))
 
     @classmethod
-    def from_name(cls, spec: str, device: str = "auto", **kw) -> Predictor:
+    def from_name(cls, spec: str, device: str | torch.device = "auto", **kw) -> Predictor:
         """Load a bundled model, architecture name, run folder or ``.safetensors`` file."""
-        from glandseg.train.checkpoint import load_model
+        from glandseg.models.store import load
 
         dev = pick_device(device)
-        model, cfg = load_model(spec, dev)
+        model, cfg = load(spec, dev)
         return cls(model, cfg, dev, **kw)
 
     # -- dense models ---------------------------------------------------------------
@@ -155,9 +177,14 @@ class Predictor:
         return probs.numpy().astype(np.float32)
 
     # -- all models -----------------------------------------------------------------
-    def postprocess(self, probs: np.ndarray, params: dict | None = None) -> np.ndarray:
-        """Probabilities → labels with the config's thresholds (or ``params``)."""
-        return probs_to_labels(probs, self.task, params or self.config.get("postprocess", {}))
+    def postprocess(self, probs: np.ndarray, params: Mapping | None = None) -> np.ndarray:
+        """Probabilities ``float32 (C, H, W)`` → labels ``int32 (H, W)`` (0 = background)
+        with the config's thresholds, ``params`` (some of them; checked, an unknown key is
+        an error) replacing those it names."""
+        post = self.model_config.postprocess
+        if params:
+            post = post.updated(params)
+        return probs_to_labels(probs, self.task, post)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``uint8 (H, W, 3)`` → instance labels ``int32 (H, W)``, 0 = background."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from glandseg import GlandsegError
 from glandseg.data.io import atomic_path, write_text
-from glandseg.models import registry
+from glandseg.models.store import load_model, resolve_model  # noqa: F401 (moved there)
 
 log = logging.getLogger(__name__)
 
@@ -87,47 +87,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             "use the config that was saved with these weights"
         )
     model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True)
-
-
-def resolve_model(spec: str) -> tuple[dict, Path | None]:
-    """``NAME`` (architecture or bundled), ``RUN_DIR`` or ``FILE.safetensors`` →
-    ``(config, weights path or None for an untrained architecture)``."""
-    p = Path(spec)
-    if p.is_dir():
-        cfg_path = p / "config.json"
-        if not cfg_path.is_file():
-            raise GlandsegError(f"{p}: not a run folder (no config.json); pass a run folder from "
-                                "`glandseg train`, a .safetensors file or a model name")
-        cfg = load_json(cfg_path)
-        for tag in ("best", "last"):
-            if (p / f"{tag}.safetensors").is_file():
-                return cfg, p / f"{tag}.safetensors"
-        raise GlandsegError(f"{p}: no best.safetensors or last.safetensors; training has not "
-                            "finished an epoch yet")
-    if p.suffix == ".safetensors":
-        for cand in (p.with_suffix(".json"), p.parent / "config.json"):
-            if cand.is_file():
-                return load_json(cand), p
-        raise GlandsegError(f"{p}: no config next to it ({p.with_suffix('.json').name} or config.json)")
-    if spec in registry.BUNDLED:
-        w = registry.bundled_path(spec)
-        return load_json(w.with_suffix(".json")), w
-    if spec in registry.names():
-        return registry.default_config(spec), None
-    raise GlandsegError(f"unknown model {spec!r}: give one of {', '.join(registry.names())}, "
-                        "a run folder or a .safetensors file")
-
-
-def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build a model from a name, run folder or weights file and load its weights.
-    Returns ``(model in eval mode on device, config)``."""
-    cfg, weights = resolve_model(spec)
-    model = registry.build_model(cfg, pretrained=weights is None)
-    if weights is not None:
-        load_weights(model, weights)
-    else:
-        log.warning("model %s has no trained weights: predictions will be meaningless", spec)
-    return model.to(device).eval(), cfg
 
 
 # --- resumable training state -------------------------------------------------------

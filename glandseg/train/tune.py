@@ -1,20 +1,23 @@
 """Choose post-processing thresholds on the validation images.
 
 Probabilities are predicted once per image, then a small grid of post-processing settings
-is scored with the official pooled metrics; the objective is ``F1 + object Dice``.
+is scored with the official pooled metrics (:func:`glandseg.metrics.gridsearch.grid_search`,
+shared with the Mask R-CNN tuning); the objective is ``F1 + object Dice``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable
 
 import numpy as np
 
 from glandseg.infer.predictor import Predictor
+from glandseg.metrics.gridsearch import grid_search
+from glandseg.models.config import POSTPROCESS, check_keys
 
 log = logging.getLogger(__name__)
+
+__all__ = ["GRIDS", "grid_search", "tune_postprocess"]
 
 GRIDS = {
     "contour": {
@@ -33,36 +36,15 @@ GRIDS = {
 }
 
 
-def grid_search(grid: dict, cached: list[tuple[str, object, np.ndarray]],
-                to_labels: Callable[[object, tuple[int, int], dict], np.ndarray],
-                base: dict | None = None) -> tuple[dict, float]:
-    """Score every setting of ``grid`` with the official pooled metrics.
-
-    ``cached``: ``[(name, model output computed once, truth labels (H, W))]``;
-    ``to_labels(output, (H, W), params)`` → labels. Each setting is ``base`` updated with
-    one combination of the grid. The objective is ``F1 + object Dice``. Returns
-    ``(best params, pooled object Dice at those params)``.
-    """
-    from glandseg.metrics.score import score_pairs
-
-    keys = list(grid)
-    best, best_obj, best_dice = dict(base or {}), -np.inf, 0.0
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = {**(base or {}), **dict(zip(keys, values, strict=True))}
-        items = [(n, to_labels(out, t.shape[:2], params), t) for n, out, t in cached]
-        m = next(iter(score_pairs(items).values()))["pooled"]
-        obj = m["f1"] + m["object_dice"]
-        if obj > best_obj:
-            best, best_obj, best_dice = params, obj, m["object_dice"]
-    log.debug("tuned %s → objective %.4f", best, best_obj)
-    return best, float(best_dice)
-
-
 def tune_postprocess(predictor: Predictor, val_data: list[tuple[str, np.ndarray, np.ndarray]],
                      grid: dict | None = None) -> tuple[dict, float]:
     """Best post-processing params on ``val_data`` = ``[(name, image uint8 (H,W,3),
-    truth labels (H,W))]``. Probabilities are predicted once per image. Returns
+    truth labels (H,W))]`` for a dense model (task ``contour`` or ``binary``; Mask R-CNN:
+    :func:`glandseg.infer.instances.tune_instances`). Probabilities are predicted once per
+    image. A grid key that is not a parameter of the task is an error naming it. Returns
     ``(params, pooled object Dice at those params)``."""
+    grid = grid or GRIDS[predictor.task]
+    check_keys(f"tuning grid of task {predictor.task!r}", "", grid,
+               POSTPROCESS[predictor.task].names())
     probs = [(name, predictor.predict_proba(img), truth) for name, img, truth in val_data]
-    return grid_search(grid or GRIDS[predictor.task], probs,
-                       lambda p, _shape, params: predictor.postprocess(p, params))
+    return grid_search(grid, probs, lambda p, _shape, params: predictor.postprocess(p, params))

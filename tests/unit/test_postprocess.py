@@ -134,3 +134,77 @@ def test_probs_to_labels_dispatch() -> None:
                                   contour_to_labels(p, min_area=10))
     with pytest.raises(ValueError):
         probs_to_labels(p, "instances", {})
+
+
+# --- parameters are checked: an unknown key is an error, never silently ignored ----------
+
+@pytest.mark.parametrize("task,params,key", [
+    ("contour", {"min_areaa": 10}, "postprocess.min_areaa"),
+    ("binary", {"interior_threshold": 0.5}, "postprocess.interior_threshold"),
+    ("contour", {"foreground_threshold": 1.5}, "postprocess.foreground_threshold"),
+    ("binary", {"min_area": -3}, "postprocess.min_area"),
+])
+def test_probs_to_labels_checks_its_parameters(task: str, params: dict, key: str) -> None:
+    from glandseg import GlandsegError
+
+    p = contour_probs([disc((40, 40), 20, 20, 12)])
+    probs = p if task == "contour" else p[1:2]
+    with pytest.raises(GlandsegError, match=key):
+        probs_to_labels(probs, task, params)
+
+
+def test_functions_take_no_stray_keywords() -> None:
+    p = contour_probs([disc((40, 40), 20, 20, 12)])
+    with pytest.raises(TypeError):
+        contour_to_labels(p, min_size=10)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        binary_to_labels(p[1], seed_area=10)  # type: ignore[call-arg]
+
+
+def test_tuning_grids_name_real_parameters() -> None:
+    from glandseg.infer.instances import DEFAULTS, GRID
+    from glandseg.models.config import POSTPROCESS, InstancePost
+    from glandseg.train.tune import GRIDS
+
+    for task, grid in GRIDS.items():
+        assert set(grid) <= set(POSTPROCESS[task].names()), task
+        POSTPROCESS[task].from_dict({k: v[0] for k, v in grid.items()})  # values in range
+    assert set(GRID) == set(InstancePost.names()) and DEFAULTS == InstancePost().as_dict()
+
+
+def test_tuning_refuses_an_unknown_grid_key() -> None:
+    from glandseg import GlandsegError
+    from glandseg.train.tune import tune_postprocess
+
+    class Fake:
+        task = "binary"
+
+        def predict_proba(self, image):  # pragma: no cover - refused before predicting
+            raise AssertionError("predicted before checking the grid")
+
+    with pytest.raises(GlandsegError, match="unknown key 'interior_threshold'"):
+        tune_postprocess(Fake(), [("train_1", None, None)], {"interior_threshold": [0.5]})
+
+
+def test_instance_parameters_are_checked() -> None:
+    import torch
+
+    from glandseg import GlandsegError
+    from glandseg.infer.instances import predict_instances, tune_instances
+    from glandseg.infer.predictor import Predictor
+
+    class NeverCalled(torch.nn.Module):
+        def forward(self, x):  # pragma: no cover - refused before the model runs
+            raise AssertionError("the model ran")
+
+    cfg = {"task": "instances",
+           "preprocess": {"scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}}
+    pred = Predictor(NeverCalled(), cfg)
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(GlandsegError, match="postprocess.scor_threshold"):
+        predict_instances(pred, image, {"scor_threshold": 0.5})
+    with pytest.raises(GlandsegError, match="unknown key 'min_size'"):
+        tune_instances(pred, [("train_1", image, np.zeros((32, 32), np.int32))],
+                       {"min_size": [10]})
+    with pytest.raises(GlandsegError, match="postprocess.fill_holes"):
+        Predictor(NeverCalled(), {**cfg, "postprocess": {"fill_holes": True}})

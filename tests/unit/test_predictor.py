@@ -54,8 +54,9 @@ class SymmetricStub(nn.Module):
 
 
 def config(task: str = "contour", scale: float = 1.0) -> dict:
+    post = {"min_area": 5, "min_seed_area": 2} if task == "contour" else {"min_area": 5}
     return {"task": task, "preprocess": {"scale": scale, "mean": list(MEAN), "std": list(STD)},
-            "postprocess": {"min_area": 5, "min_seed_area": 2}}
+            "postprocess": post}
 
 
 def rand_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -86,15 +87,15 @@ def test_whole_image_matches_per_pixel_formula(task: str, channels: int) -> None
 
 def test_tiled_equals_whole_image() -> None:
     model = PixelStub(3)
-    image = rand_image(100, 150, seed=1)
+    image = rand_image(150, 230, seed=1)
     whole = Predictor(model, config(), tiling=TileConfig(tile=512)).predict_proba(image)
     model.seen.clear()
-    tiled_pred = Predictor(model, config(), tiling=TileConfig(tile=40, overlap=12, batch_size=3))
+    tiled_pred = Predictor(model, config(), tiling=TileConfig(tile=72, overlap=20, batch_size=3))
     tiled = tiled_pred.predict_proba(image)
-    # it really tiled: several forward calls on 40-px tiles (padded to 48)
+    # it really tiled: several forward calls on 72-px tiles (padded to 80)
     assert len(model.seen) > 1
-    assert all(x.shape[-2:] == (48, 48) for x in model.seen)
-    assert sum(x.shape[0] for x in model.seen) == len(_starts(100, 40, 28)) * len(_starts(150, 40, 28))
+    assert all(x.shape[-2:] == (80, 80) for x in model.seen)
+    assert sum(x.shape[0] for x in model.seen) == len(_starts(150, 72, 52)) * len(_starts(230, 72, 52))
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     np.testing.assert_allclose(tiled, expected_probs(model, image, "contour"), atol=1e-5)
 
@@ -124,10 +125,11 @@ def test_scale_half_output_at_input_size() -> None:
 
 def test_scale_half_tiled_output_at_input_size() -> None:
     model = PixelStub(1)
-    image = rand_image(130, 90, seed=3)
-    pred = Predictor(model, config("binary", scale=0.5), tiling=TileConfig(tile=32, overlap=8))
+    image = rand_image(260, 180, seed=3)
+    pred = Predictor(model, config("binary", scale=0.5), tiling=TileConfig(tile=64, overlap=16))
     probs = pred.predict_proba(image)
-    assert probs.shape == (1, 130, 90)
+    assert len(model.seen) > 1  # 130 x 90 at half scale: really tiled
+    assert probs.shape == (1, 260, 180)
     whole = Predictor(model, config("binary", scale=0.5)).predict_proba(image)
     np.testing.assert_allclose(probs, whole, atol=1e-5)
 
@@ -175,3 +177,50 @@ def test_predict_applies_postprocess_from_config() -> None:
     probs = pred.predict_proba(image)
     np.testing.assert_array_equal(pred.predict(image), pred.postprocess(probs))
     assert pred.stride == 16 and pred.task == "contour"
+
+
+# --- config and device checks ----------------------------------------------------------
+
+def test_config_is_checked_and_typed() -> None:
+    from glandseg import GlandsegError
+    from glandseg.models.config import ContourPost, ModelConfig
+
+    pred = Predictor(PixelStub(3), {**config(), "tiling": {"tile": 64, "overlap": 8}})
+    assert pred.tiling == TileConfig(64, 8, 2)
+    assert isinstance(pred.model_config, ModelConfig)
+    assert pred.model_config.postprocess == ContourPost(min_area=5, min_seed_area=2)
+    assert pred.config["postprocess"]["interior_threshold"] == 0.5  # defaults filled
+    for bad, key in [({**config(), "tilling": {}}, "tilling"),
+                     ({**config(), "preprocess": {**config()["preprocess"], "std": [1, 0, 1]}},
+                      "preprocess.std"),
+                     ({**config(), "task": "segmentation"}, "task")]:
+        with pytest.raises(GlandsegError, match=key):
+            Predictor(PixelStub(3), bad)
+
+
+def test_postprocess_params_replace_only_what_they_name() -> None:
+    from glandseg import GlandsegError
+
+    pred = Predictor(PixelStub(3), config())
+    probs = pred.predict_proba(rand_image(32, 32))
+    assert pred.postprocess(probs, {"min_area": 10**6}).max() == 0  # nothing that large
+    np.testing.assert_array_equal(pred.postprocess(probs, {"min_area": 5}),
+                                  pred.postprocess(probs))
+    with pytest.raises(GlandsegError, match="postprocess.min_areaa"):
+        pred.postprocess(probs, {"min_areaa": 5})
+
+
+def test_unavailable_device_is_a_one_line_error() -> None:
+    from glandseg import GlandsegError
+    from glandseg.infer.predictor import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(GlandsegError, match="not a device name"):
+        pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(GlandsegError, match="CUDA is not available") as e:
+            pick_device("cuda")
+        assert "\n" not in str(e.value) and "--device cpu" in str(e.value)
+    else:
+        with pytest.raises(GlandsegError, match="CUDA device"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
