@@ -1,9 +1,10 @@
-"""Checkpoints: weights in safetensors plus a JSON config; nothing is ever unpickled.
+"""Checkpoints: weights in safetensors plus JSON; nothing is ever unpickled.
 
 A run folder holds ``config.json`` (the model config, see :mod:`glandseg.models.registry`,
-plus the training arguments), ``best.safetensors`` and ``last.safetensors`` (model weights),
-``last_state.safetensors`` + ``last_state.json`` (optimizer, scheduler, RNG and history for
-``--resume``). Every file is written to a temporary name and renamed.
+plus the training arguments) and ``best.safetensors`` / ``last.safetensors`` (model
+weights). The resumable state of a run (weights, optimizer, scheduler, RNG, history) is
+committed once per epoch as a set by :mod:`glandseg.train.runstate`; this module turns
+models and optimizers into tensors + JSON and back, with one-line errors for bad files.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from glandseg import GlandsegError
 from glandseg.data.io import atomic_path, write_text
-from glandseg.models.store import load_model, resolve_model  # noqa: F401 (moved there)
+
+# loading a model and fitting weights to it belong to models (inference needs them)
+from glandseg.models.store import (  # noqa: F401
+    apply_weights,
+    load_model,
+    load_weights,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,63 +45,60 @@ def _json_default(o: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def load_json(path: str | Path) -> dict:
+def load_json(path: str | Path, hint: str = "") -> dict:
+    """Read a JSON object; a missing file, invalid JSON or a non-object is a one-line
+    :class:`GlandsegError` naming ``path`` (plus ``hint``, the fix, when given)."""
     path = Path(path)
+    fix = f"; {hint}" if hint else ""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise GlandsegError(f"{path}: not found") from exc
-    except json.JSONDecodeError as exc:
-        raise GlandsegError(f"{path}: invalid JSON ({exc})") from exc
+        raise GlandsegError(f"{path}: not found{fix}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GlandsegError(f"{path}: invalid JSON ({_one_line(exc)}){fix}") from exc
+    except OSError as exc:
+        raise GlandsegError(f"{path}: cannot read ({_one_line(exc)}){fix}") from exc
+    if not isinstance(obj, dict):
+        raise GlandsegError(f"{path}: expected a JSON object, got {type(obj).__name__}{fix}")
+    return obj
 
 
-def save_weights(path: str | Path, model: nn.Module, half: bool = False,
-                 metadata: dict | None = None) -> None:
-    """Model weights → safetensors (optionally fp16 for floating tensors), atomically."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def weights_tensors(model: nn.Module, half: bool = False) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as contiguous CPU tensors (floating ones cast to fp16 when
+    ``half``), ready for safetensors."""
     sd = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
         if half and v.is_floating_point():
             v = v.half()
         sd[k] = v.contiguous()
-    meta = {k: json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
+    return sd
+
+
+def json_metadata(metadata: dict | None) -> dict[str, str]:
+    """safetensors metadata (str → str): each value JSON-encoded."""
+    return {k: json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
+
+
+def save_weights(path: str | Path, model: nn.Module, half: bool = False,
+                 metadata: dict | None = None) -> None:
+    """Model weights → safetensors (optionally fp16 for floating tensors), atomically."""
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata=meta)
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model`` (fp16 files are cast to the model's dtypes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GlandsegError(f"{path}: weights file not found")
-    try:
-        sd = load_file(str(path))
-    except Exception as exc:
-        raise GlandsegError(f"{path}: not a valid safetensors file ({exc})") from exc
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise GlandsegError(
-            f"{path}: weights do not fit the model in its config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        k = bad[0]
-        raise GlandsegError(
-            f"{path}: weights do not fit the model in its config (shape of {k}: "
-            f"{tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the model); "
-            "use the config that was saved with these weights"
-        )
-    model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True)
+        save_file(weights_tensors(model, half), str(tmp), metadata=json_metadata(metadata))
 
 
 # --- resumable training state -------------------------------------------------------
 
-def save_train_state(run: Path, optimizer: torch.optim.Optimizer, scheduler, scaler,
-                     extra: dict) -> None:
-    """Optimizer/scheduler/RNG state → ``last_state.safetensors`` + ``last_state.json``."""
+def train_state(optimizer: torch.optim.Optimizer, scheduler, scaler,
+                generator: torch.Generator | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer, scheduler, AMP scaler and RNG states (plus ``generator``, the data
+    loader's shuffling RNG, when given) → ``(tensors, meta)``: the tensors (optimizer
+    moments, RNG states) for a safetensors file, everything else JSON-able."""
     osd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     state_meta: dict[str, dict] = {}
@@ -105,6 +110,8 @@ def save_train_state(run: Path, optimizer: torch.optim.Optimizer, scheduler, sca
             else:
                 state_meta[str(pid)][k] = v
     tensors["rng.torch"] = torch.get_rng_state()
+    if generator is not None:
+        tensors["rng.loader"] = generator.get_state()
     np_state = np.random.get_state()
     meta = {
         "param_groups": osd["param_groups"],
@@ -113,41 +120,43 @@ def save_train_state(run: Path, optimizer: torch.optim.Optimizer, scheduler, sca
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "rng_python": _py_state(random.getstate()),
-        **extra,
     }
-    with atomic_path(run / "last_state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    save_json(run / "last_state.json", meta)
+    # a JSON round trip now, so that what is restored is exactly what a file would give
+    return tensors, json.loads(json.dumps(meta, default=_json_default))
 
 
 def _py_state(s: tuple) -> list:
     return [s[0], list(s[1]), s[2]]
 
 
-def load_train_state(run: Path, optimizer: torch.optim.Optimizer | None, scheduler, scaler) -> dict:
-    """Restore what :func:`save_train_state` wrote (optimizer and scheduler only where given,
-    RNG states always); returns the ``extra`` dict."""
-    meta = load_json(run / "last_state.json")
-    tensors = load_file(str(run / "last_state.safetensors"))
-    state: dict[int, dict] = {}
-    for pid, st in meta.pop("state_meta").items():
-        state[int(pid)] = dict(st)
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    groups = meta.pop("param_groups")
-    if optimizer is not None:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    sch = meta.pop("scheduler")
-    if scheduler is not None and sch is not None:
-        scheduler.load_state_dict(sch)
-    sc = meta.pop("scaler")
-    if scaler is not None and sc is not None:
-        scaler.load_state_dict(sc)
-    torch.set_rng_state(tensors["rng.torch"])
-    ns = meta.pop("rng_numpy")
-    np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
-    ps = meta.pop("rng_python")
-    random.setstate((ps[0], tuple(ps[1]), ps[2]))
-    return meta
+def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict,
+                        optimizer: torch.optim.Optimizer | None, scheduler, scaler,
+                        source: str | Path = "training state",
+                        generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`train_state` returned: optimizer, scheduler and ``generator``
+    only where given (and saved), the global RNG states always. A state that does not fit
+    is a one-line error naming ``source``."""
+    try:
+        state: dict[int, dict] = {int(pid): dict(st) for pid, st in meta["state_meta"].items()}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        if optimizer is not None:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if scheduler is not None and meta["scheduler"] is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+        if scaler is not None and meta["scaler"] is not None:
+            scaler.load_state_dict(meta["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if generator is not None and "rng.loader" in tensors:
+            generator.set_state(tensors["rng.loader"])
+        ns = meta["rng_numpy"]
+        np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
+        ps = meta["rng_python"]
+        random.setstate((ps[0], tuple(ps[1]), ps[2]))
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise GlandsegError(f"{source}: training state does not fit this run "
+                            f"({type(exc).__name__}: {_one_line(exc)}); delete the run "
+                            "folder (or choose another --out) and train without --resume"
+                            ) from exc

@@ -85,10 +85,9 @@ def _versions() -> dict:
 
 
 def _training_record(run: Path, cfg: dict, trained_on: str) -> dict:
-    hist = []
-    state = run / "last_state.json"
-    if state.is_file():
-        hist = ckpt.load_json(state).get("history", [])
+    from glandseg.train.runstate import run_history
+
+    hist = run_history(run)
     val = cfg.get("validation", {})
     return {
         "machine": trained_on or cfg.get("train", {}).get("machine", "not recorded"),

@@ -32,6 +32,7 @@ from glandseg.data.transforms import AugmentConfig, train_transform
 from glandseg.infer.predictor import Predictor, pick_device
 from glandseg.models import registry
 from glandseg.train import checkpoint as ckpt
+from glandseg.train import runstate
 from glandseg.train.presets import preset_stages
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Trainer:
         self.device = pick_device(tc.device)
         self.history: list[dict] = []
         self.best = -1.0
+        self.commit: runstate.Commit | None = None  # the last epoch committed to disk
         self.start_epoch = 0
         self.t0 = time.time()
         self.elapsed_before = 0.0
@@ -156,16 +158,12 @@ class Trainer:
     def setup_run(self) -> None:
         tc = self.tc
         if tc.resume:
-            if not (self.run / "last_state.json").is_file():
-                raise GlandsegError(f"{self.run}: nothing to resume (no last_state.json); "
-                                    "drop --resume to start a new run")
-            self.cfg = ckpt.load_json(self.run / "config.json")
+            runstate.read_commit(self.run)  # a one-line error when there is nothing to resume
+            self.cfg = _load_run_config(self.run)
             if tc.max_minutes is not None:  # a resumed run may get a new time budget
                 self.cfg["train"]["max_minutes"] = tc.max_minutes
         else:
-            if (self.run / "last_state.json").exists():
-                raise GlandsegError(f"{self.run}: a run exists there; pass --resume to continue "
-                                    "it or choose another --out")
+            runstate.refuse_existing(self.run)
             self.run.mkdir(parents=True, exist_ok=True)
             self.cfg = registry.default_config(tc.model)
             if tc.scale is not None:
@@ -291,16 +289,17 @@ class Trainer:
                 "val_object_hausdorff": m["object_hausdorff"]}
 
     def on_epoch_end(self, row: dict, stage_i: int, epoch: int) -> None:
+        """Commit the epoch (weights, optimizer/scheduler/RNG state, best weights when this
+        validation is the best so far) as one set (:mod:`glandseg.train.runstate`), then
+        write the logs."""
         self.history.append(row)
         improved = row["val_object_dice"] > self.best
         if improved:
             self.best = row["val_object_dice"]
-            ckpt.save_weights(self.run / "best.safetensors", self.model,
-                              metadata={"epoch": epoch + 1, "val": row})
-        ckpt.save_weights(self.run / "last.safetensors", self.model, metadata={"epoch": epoch + 1})
-        ckpt.save_train_state(self.run, self.optimizer, self.scheduler, self.scaler,
-                              {"epoch": epoch + 1, "stage": stage_i, "best": self.best,
-                               "history": self.history, "elapsed": self.elapsed()})
+        self.commit = runstate.commit_epoch(
+            self.run, self.model, self.optimizer, self.scheduler, self.scaler, epoch=epoch + 1,
+            stage=stage_i, history=self.history, elapsed=self.elapsed(), best=self.best,
+            improved=improved, previous=self.commit, generator=self.loader.generator)
         self._write_logs()
         log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
                  row["train_loss"], row["val_f1"], row["val_object_dice"],
@@ -322,8 +321,9 @@ class Trainer:
 
     def finish(self) -> None:
         """Reload the best weights, tune post-processing on validation, save the config."""
-        if (self.run / "best.safetensors").is_file():
-            ckpt.load_weights(self.model, self.run / "best.safetensors")
+        if self.commit is not None:  # the committed best weights (checksum verified)
+            runstate.load_weights(self.commit, "best" if "best" in self.commit.files else "last",
+                                  self.model)
         if self.cfg["train"].get("tune_postprocess", True):
             if self.cfg["task"] == "instances":
                 from glandseg.infer.instances import tune_instances as tune
@@ -347,12 +347,15 @@ class Trainer:
         stages = self.cfg["train"]["stages"]
         start_stage = start_epoch = 0
         if self.tc.resume:
-            ckpt.load_weights(self.model, self.run / "last.safetensors")
-            meta = ckpt.load_json(self.run / "last_state.json")
-            start_stage, start_epoch = meta["stage"], meta["epoch"]
-            self.history, self.best = meta["history"], meta["best"]
-            self.elapsed_before = meta.get("elapsed", sum(r["seconds"] for r in self.history))
+            # only what checkpoint.json names, checksums verified; leftovers of a killed
+            # commit are deleted and last/best.safetensors republished
+            self.commit = runstate.resume(self.run)
+            runstate.load_weights(self.commit, "last", self.model)
+            start_stage, start_epoch = self.commit.stage, self.commit.epoch
+            self.history, self.best = list(self.commit.history), self.commit.best
+            self.elapsed_before = self.commit.elapsed
             self.t0 = time.time()
+            self._write_logs()  # metrics.csv may lag the commit when the kill came between
             log.info("resuming after epoch %d", start_epoch)
         budget = self.cfg["train"].get("max_minutes")
         epoch_base = 0
@@ -365,8 +368,9 @@ class Trainer:
                 self.setup_stage(stage)
                 if self.tc.resume and start_epoch > 0:
                     mid_stage = si == start_stage and start_epoch > epoch_base
-                    ckpt.load_train_state(self.run, self.optimizer if mid_stage else None,
-                                          self.scheduler if mid_stage else None, self.scaler)
+                    runstate.restore_state(self.commit, self.optimizer if mid_stage else None,
+                                           self.scheduler if mid_stage else None, self.scaler,
+                                           self.loader.generator if mid_stage else None)
                     start_stage = -1  # restore once
                 if self._run_stage(si, stage, epoch_base, start_epoch, budget):
                     break
@@ -401,6 +405,17 @@ class Trainer:
                 log.info("time budget of %s min reached after epoch %d", budget, epoch + 1)
                 return True
         return False
+
+
+def _load_run_config(run: Path) -> dict:
+    """The ``config.json`` of a run to resume; one-line errors when it is not one."""
+    fix = "delete the run folder (or choose another --out) and train without --resume"
+    cfg = ckpt.load_json(run / "config.json", hint=fix)
+    train = cfg.get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("stages"), list):
+        raise GlandsegError(f"{run / 'config.json'}: no training arguments (\"train\" with "
+                            f"\"stages\"), so the run cannot be resumed; {fix}")
+    return cfg
 
 
 def _worker_init(worker_id: int) -> None:

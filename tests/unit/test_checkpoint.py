@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from glandseg import GlandsegError
 from glandseg.models import registry
@@ -145,6 +145,12 @@ def test_load_json_errors(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text("{nope")
     with pytest.raises(GlandsegError, match="invalid JSON"):
         ckpt.load_json(tmp_path / "b.json")
+    (tmp_path / "l.json").write_text("[1]")
+    with pytest.raises(GlandsegError, match=r"expected a JSON object, got list; fix it$"):
+        ckpt.load_json(tmp_path / "l.json", hint="fix it")
+    (tmp_path / "u.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(GlandsegError, match="invalid JSON"):
+        ckpt.load_json(tmp_path / "u.json")
 
 
 def _step(model, opt, sched, seed: int) -> None:
@@ -172,8 +178,13 @@ def test_train_state_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(1234)
     np.random.seed(1234)
     random.seed(1234)
-    ckpt.save_train_state(tmp_path, opt, sched, None, {"epoch": 2, "history": [{"a": 1.0}]})
+    loader_rng = torch.Generator().manual_seed(77)
+    torch.randperm(10, generator=loader_rng)
+    tensors, meta = ckpt.train_state(opt, sched, None, loader_rng)
+    save_file(tensors, str(tmp_path / "state.safetensors"))
+    (tmp_path / "state.json").write_text(json.dumps(meta))
     want_torch, want_np, want_py = torch.rand(5), np.random.rand(3), random.random()
+    want_perm = torch.randperm(10, generator=loader_rng)
     # the uninterrupted third step
     _step(model, opt, sched, 2)
     want_params = {k: v.clone() for k, v in model.state_dict().items()}
@@ -186,9 +197,12 @@ def test_train_state_round_trip(tmp_path: Path) -> None:
     model2 = unet(5)
     ckpt.load_weights(model2, tmp_path / "last.safetensors")
     opt2, sched2 = _opt(model2)
-    extra = ckpt.load_train_state(tmp_path, opt2, sched2, None)
-    assert extra["epoch"] == 2 and extra["history"] == [{"a": 1.0}]
+    loader_rng2 = torch.Generator().manual_seed(5)
+    ckpt.restore_train_state(load_file(str(tmp_path / "state.safetensors")),
+                             json.loads((tmp_path / "state.json").read_text()), opt2, sched2,
+                             None, generator=loader_rng2)
     assert sched2.last_epoch == 2
+    assert torch.equal(torch.randperm(10, generator=loader_rng2), want_perm)
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert set(s2) == set(s1) and len(s2) == len(list(model.parameters()))
     assert float(s2[0]["step"]) == 2.0
@@ -206,11 +220,23 @@ def test_train_state_without_optimizer_restores_rng_only(tmp_path: Path) -> None
     opt, sched = _opt(model)
     _step(model, opt, sched, 0)
     torch.manual_seed(7)
-    ckpt.save_train_state(tmp_path, opt, sched, None, {"epoch": 1})
+    tensors, meta = ckpt.train_state(opt, sched, None)
     want = torch.rand(3)
     opt2, sched2 = _opt(unet(0))
     torch.manual_seed(8)
-    ckpt.load_train_state(tmp_path, None, None, None)
+    ckpt.restore_train_state(tensors, meta, None, None, None)
     torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
     assert opt2.state_dict()["state"] == {} and sched2.last_epoch == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"last_state.json", "last_state.safetensors"}
+
+
+def test_train_state_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    model = unet(0)
+    opt, sched = _opt(model)
+    _step(model, opt, sched, 0)
+    tensors, meta = ckpt.train_state(opt, sched, None)
+    other = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(GlandsegError, match=r"^x\.safetensors: training state does not fit"):
+        ckpt.restore_train_state(tensors, meta, other, None, None, source="x.safetensors")
+    del meta["rng_numpy"]
+    with pytest.raises(GlandsegError, match="KeyError"):
+        ckpt.restore_train_state(tensors, meta, None, None, None, source="x.safetensors")
