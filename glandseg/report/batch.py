@@ -3,7 +3,11 @@
 Per image ``<stem>.png`` (16-bit instance labels, 0 = background), ``<stem>_overlay.png``
 and ``<stem>.geojson``; one ``glands.csv`` with the rows of *every* image whose outputs are
 in the folder (not only this run's). An unreadable input is logged and reported, the other
-images are still processed.
+images are still processed. A whole slide or large image (:func:`glandseg.data.slide.is_large`:
+a slide format, a pyramidal TIFF or more than 4096² px) goes through
+:func:`glandseg.infer.slide.predict_slide` (by region, resumable window cache in
+``<out>/.glandseg/slides/<stem>/``) and gets ``<stem>.tif`` (a tiled pyramidal label TIFF)
+instead of the PNG (:mod:`glandseg.report.slide`).
 
 What glandseg wrote is recorded in the hidden folder ``<out>/.glandseg/``:
 
@@ -41,6 +45,7 @@ from tqdm import tqdm
 
 from glandseg import GlandsegError, __version__
 from glandseg.data.io import IMAGE_EXTS, read_image, write_text
+from glandseg.data.slide import SLIDE_EXTS, is_large
 
 if TYPE_CHECKING:  # the predictor is only called, never built, here
     from glandseg.infer.predictor import Predictor
@@ -55,6 +60,8 @@ log = logging.getLogger(__name__)
 GLAS_MPP = 0.62005
 #: Outputs of one image, as suffixes of its stem.
 OUTPUT_SUFFIXES: tuple[str, ...] = (".png", "_overlay.png", ".geojson")
+#: Outputs of one whole slide or large image (the labels as a pyramidal TIFF).
+SLIDE_SUFFIXES: tuple[str, ...] = (".tif", "_overlay.png", ".geojson")
 CSV_NAME = "glands.csv"
 STATE_DIR = ".glandseg"
 MODES = ("refuse", "overwrite", "skip")
@@ -62,10 +69,10 @@ _NUM_RE = re.compile(r"(\d+)")
 _MAX_LISTED = 5
 
 
-def output_names(stem: str) -> list[str]:
+def output_names(stem: str, slide: bool = False) -> list[str]:
     """File names of one image's outputs: ``<stem>.png``, ``<stem>_overlay.png``,
-    ``<stem>.geojson``."""
-    return [f"{stem}{s}" for s in OUTPUT_SUFFIXES]
+    ``<stem>.geojson`` (``slide``: ``<stem>.tif`` instead of the PNG)."""
+    return [f"{stem}{s}" for s in (SLIDE_SUFFIXES if slide else OUTPUT_SUFFIXES)]
 
 
 def _natural_key(stem: str) -> list:
@@ -167,7 +174,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             ours = our_files(p)
             found = sorted(
                 f for f in p.iterdir()
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTS and f.name not in ours
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTS + SLIDE_EXTS
+                and f.name not in ours
                 and not f.stem.endswith(("_anno", "_overlay")) and not f.name.startswith(".")
             )
             if not found:
@@ -186,7 +194,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return list(seen.values())
 
 
-def _image_state(out: Path, stem: str) -> tuple[str, list[str]]:
+def _image_state(out: Path, stem: str, slide: bool = False) -> tuple[str, list[str]]:
     """``("absent" | "partial" | "complete", problems)`` of one image's outputs in ``out``.
 
     A problem is an output path that exists but is a folder, or a file that no record
@@ -196,7 +204,8 @@ def _image_state(out: Path, stem: str) -> tuple[str, list[str]]:
     files = rec["files"] if rec else {}
     done = bool(rec) and rec.get("state") == "done"
     problems, present = [], 0
-    for name in output_names(stem):
+    names = output_names(stem, slide)
+    for name in names:
         path = out / name
         if path.is_dir():
             problems.append(f"{path} is a folder")
@@ -213,7 +222,7 @@ def _image_state(out: Path, stem: str) -> tuple[str, list[str]]:
         present += 1
     if present == 0:
         return "absent", problems
-    if done and present == len(OUTPUT_SUFFIXES):
+    if done and present == len(names):
         return "complete", problems
     return "partial", problems
 
@@ -280,9 +289,10 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     given = {Path(os.path.abspath(p)): p for p in paths}
     real = {p.resolve(): p for p in paths}
     inodes = {(st.st_dev, st.st_ino): p for p in paths if (st := _stat(p))}
+    slide = {p: is_large(p) for p in paths}
     hits = []
     for p in paths:
-        for name in [*output_names(p.stem), CSV_NAME]:
+        for name in [*output_names(p.stem, slide[p]), CSV_NAME]:
             target = out / name
             src = given.get(target) or real.get(target.resolve())
             if src is None and (st := _stat(target)):  # a hard link to an input
@@ -300,7 +310,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
         if csv_problem:
             problems.append(csv_problem)
         for p in paths:
-            state, why = _image_state(out, p.stem)
+            state, why = _image_state(out, p.stem, slide[p])
             problems += why
             if state != "absent":
                 existing[p] = state
@@ -308,7 +318,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
         raise GlandsegError("refusing to overwrite files glandseg did not write ("
                             + _listed(problems) + "): move them away or choose another --out")
     if existing and mode == "refuse":
-        names = [f"{out / output_names(p.stem)[0]}" for p in existing]
+        names = [f"{out / output_names(p.stem, slide[p])[0]}" for p in existing]
         raise GlandsegError(f"outputs of {len(existing)} image(s) already exist in {out} ("
                             + _listed(names) + "): pass --overwrite to replace them or "
                             "--skip-existing to keep them and segment only the others")
@@ -322,10 +332,12 @@ def _write_record(out: Path, stem: str, rec: dict[str, Any]) -> None:
 
 
 def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLike, image,
-                 labels, mpp: float | None, mode: str = "refuse") -> bool:
+                 labels, mpp: float | None, mode: str = "refuse", slide=None) -> bool:
     """Write one image's outputs and its record under the folder lock.
 
-    ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background.
+    ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background; or
+    ``slide``: a :class:`glandseg.infer.slide.SlideLabels` (``image``/``labels`` unused),
+    written by :func:`glandseg.report.slide.write_slide_outputs`.
     Re-checks the image's outputs under the lock (another run may have written them since
     :func:`plan_outputs`): raises :class:`GlandsegError` for files glandseg did not write,
     or for outputs of ours that appeared meanwhile with ``mode="refuse"``. Returns
@@ -335,7 +347,7 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
 
     out = Path(out_dir)
     with folder_lock(out):
-        state, problems = _image_state(out, stem)
+        state, problems = _image_state(out, stem, slide is not None)
         if problems:
             raise GlandsegError("refusing to overwrite files glandseg did not write ("
                                 + _listed(problems) + ")")
@@ -345,13 +357,18 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
             if mode == "refuse":
                 raise GlandsegError(f"{stem}: outputs appeared in {out} during this run "
                                     "(another run?); pass --overwrite or --skip-existing")
-        names = output_names(stem)
+        names = output_names(stem, slide is not None)
         rec: dict[str, Any] = {"format": "glandseg-output-record", "version": 1,
                                "image": stem, "source": str(source), "state": "pending",
                                "files": {n: None for n in names}, "rows": [],
                                "glandseg": __version__}
         _write_record(out, stem, rec)
-        rows = write_outputs(out, stem, image, labels, mpp)
+        if slide is not None:
+            from glandseg.report.slide import write_slide_outputs
+
+            rows = write_slide_outputs(out, stem, slide, mpp)
+        else:
+            rows = write_outputs(out, stem, image, labels, mpp)
         rec.update(state="done", files={n: _file_id(out / n) for n in names},
                    rows=format_rows(rows),
                    written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -405,6 +422,26 @@ class PredictReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mode: str,
+                   progress: bool) -> int | None:
+    """One whole slide or large image → its outputs (:mod:`glandseg.infer.slide`); the
+    number of glands, or ``None`` if complete outputs appeared meanwhile (``mode="skip"``).
+    The window cache is removed once the outputs are committed."""
+    from glandseg.data.slide import open_slide
+    from glandseg.infer.slide import predict_slide
+
+    with open_slide(path) as slide:
+        result = predict_slide(predictor, slide, out / STATE_DIR / "slides" / path.stem,
+                               input_mpp=mpp, progress=progress)
+        if not commit_image(out, path.stem, path, None, None, result.mpp, mode, slide=result):
+            return None
+    result.remove_cache()
+    for folder in (result.cache_dir.parent, result.cache_dir.parent.parent):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    return result.n_glands
+
+
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
                   mpp: float | None = GLAS_MPP, mode: str = "refuse",
                   progress: bool = True) -> PredictReport:
@@ -427,6 +464,12 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
         log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
     for path in tqdm(todo, desc="predict", unit="img", disable=None if progress else True):
         try:
+            if is_large(path):
+                n = _predict_slide(out, path, predictor, mpp, mode, progress)
+                report.n_skipped += n is None
+                report.n_ok += n is not None
+                report.n_glands += n or 0
+                continue
             image = read_image(path)
             labels = predictor.predict(image)
             if not commit_image(out, path.stem, path, image, labels, mpp, mode):

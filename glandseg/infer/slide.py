@@ -1,0 +1,548 @@
+"""Whole-slide (and large-image) inference with memory bounded by the window, not the slide.
+
+:func:`predict_slide` segments a :class:`~glandseg.data.slide.Slide` at the model's
+resolution (``predictor.mpp``; the slide's own from ``input_mpp``, the predictor's
+``input_mpp``, the file's metadata, else the model's, said once):
+
+1. **Frame and tissue.** The *frame* is the slide at the model's resolution
+   (``zoom`` = slide µm/px / model µm/px, model px per level-0 px). A thumbnail (longer side
+   ``thumb_side``) gives the tissue mask (:func:`tissue_mask`: Otsu on the HSV saturation,
+   holes filled, slightly dilated).
+2. **Windows.** The frame is cut into square *cores* of ``core`` px; each window is its core
+   plus ``margin`` px of context on every side. Only windows that touch tissue are run.
+3. **Predict.** Each window is read at the frame's resolution
+   (:meth:`~glandseg.data.slide.Slide.read_at`, from the best pyramid level) and segmented
+   by ``predictor.predict`` (its own tiling, blending and post-processing inside the
+   window). Its label image (``uint16``/``uint32`` ``(h, w)``, 0 = background) is saved
+   in the cache folder ``work_dir/<key>/`` (key: slide file, model weights and settings),
+   so an interrupted slide resumes from its finished windows. A progress bar (tqdm) shows
+   windows done and the ETA.
+4. **Stitch.** Every pixel belongs to exactly one core and takes the label its own window
+   gives it. The labels of two neighbouring windows (also diagonal) are matched by their IoU
+   inside the region both windows see (``match_iou``); matched labels are one gland
+   (union-find; two labels of one window are never merged, as in
+   :mod:`glandseg.infer.stitch`). So a gland across a core seam comes out whole, with one
+   id, exactly once. Glands whose painted area is below the model's ``min_area`` are
+   dropped (slivers). Ids are ``1..N`` in the order of the glands' top-left corners.
+
+The result, :class:`SlideLabels`, reads the final label image by region
+(:meth:`SlideLabels.region`) from the cached windows, so the outputs (label pyramid, GeoJSON,
+``glands.csv``, overlay: :mod:`glandseg.report.slide`) are also written region by region.
+Peak memory is a few windows (``(core + 2 margin)²`` px) plus the model, whatever the size
+of the slide; there is never a full-resolution canvas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+from glandseg import GlandsegError, __version__
+from glandseg.data.slide import Slide, open_slide
+from glandseg.models.config import GLAS_MPP
+
+log = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), frame px
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SlideConfig:
+    """Whole-slide settings, in px at the model's resolution.
+
+    ``core``: side of the square region each window owns (256-8192); ``margin``: context on
+    each side of a core (0 to ``core / 2``; it should exceed the radius of large glands);
+    ``match_iou``: IoU (within the region two windows share) above which their labels are
+    one gland, in (0, 1]; ``thumb_side``: longer side of the thumbnail used for the tissue
+    mask and the overlay (256-16384); ``tissue``: skip windows without tissue;
+    ``lru``: windows kept decoded when reading the result back (2-64).
+    """
+
+    core: int = 2048
+    margin: int = 256
+    match_iou: float = 0.4
+    thumb_side: int = 2048
+    tissue: bool = True
+    lru: int = 6
+
+    def __post_init__(self) -> None:
+        def bad(key: str, rng: str, v: object) -> GlandsegError:
+            return GlandsegError(f"slide settings: {key} must be {rng}, got {v!r}")
+        for key, lo, hi in (("core", 256, 8192), ("thumb_side", 256, 16384), ("lru", 2, 64)):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise bad(key, f"an integer in [{lo}, {hi}]", v)
+        if (not isinstance(self.margin, int) or isinstance(self.margin, bool)
+                or not 0 <= self.margin <= self.core // 2):
+            raise bad("margin", f"an integer in [0, core / 2 = {self.core // 2}]", self.margin)
+        if not (isinstance(self.match_iou, int | float) and 0 < self.match_iou <= 1):
+            raise bad("match_iou", "a number in (0, 1]", self.match_iou)
+        if not isinstance(self.tissue, bool):
+            raise bad("tissue", "true or false", self.tissue)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of the grid: ``core`` (the pixels it owns) inside ``ext`` (what it sees),
+    both frame boxes ``(y0, x0, y1, x1)``."""
+
+    index: int
+    row: int
+    col: int
+    core: Box
+    ext: Box
+
+    @property
+    def name(self) -> str:
+        return f"w{self.row:04d}_{self.col:04d}"
+
+
+def window_grid(shape: tuple[int, int], core: int, margin: int) -> list[Window]:
+    """Windows over a frame of ``shape = (H, W)``, row-major: cores ``core``² (smaller at
+    the right and bottom edges) tile the frame; each ``ext`` is the core grown by ``margin``
+    and clipped to the frame."""
+    H, W = shape
+    rows, cols = max(1, math.ceil(H / core)), max(1, math.ceil(W / core))
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = r * core, c * core
+            y1, x1 = min(H, y0 + core), min(W, x0 + core)
+            ext = (max(0, y0 - margin), max(0, x0 - margin), min(H, y1 + margin),
+                   min(W, x1 + margin))
+            out.append(Window(len(out), r, c, (y0, x0, y1, x1), ext))
+    return out
+
+
+def _intersect(a: Box, b: Box) -> Box | None:
+    y0, x0, y1, x1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
+
+
+def _local(box: Box, origin: Box) -> tuple[slice, slice]:
+    return slice(box[0] - origin[0], box[2] - origin[0]), slice(box[1] - origin[1],
+                                                                 box[3] - origin[1])
+
+
+def tissue_mask(thumb: np.ndarray, dilate: int = 2) -> np.ndarray:
+    """Tissue of an RGB thumbnail ``uint8 (h, w, 3)`` → ``bool (h, w)``.
+
+    Background of a scan is bright and grey (low HSV saturation); stained tissue is
+    coloured. Threshold: Otsu on the saturation, kept within [0.04, 0.15] (so an image that
+    is all tissue, or all background, is not split in two); then small specks removed,
+    holes (lumens) filled and the mask grown by ``dilate`` px.
+    """
+    from skimage.filters import threshold_otsu
+
+    rgb = thumb.astype(np.float32) / 255.0
+    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    t = float(threshold_otsu(sat)) if sat.size > 1 and np.ptp(sat) > 0 else 0.15
+    mask = sat > min(max(t, 0.04), 0.15)
+    mask = ndi.binary_opening(mask, iterations=1)
+    mask = ndi.binary_fill_holes(mask)
+    if dilate > 0:
+        mask = ndi.binary_dilation(mask, iterations=dilate)
+    return mask
+
+
+def _fingerprint(predictor) -> str:
+    """SHA-256 of the model's config and weights (identifies the model in the cache key)."""
+    h = hashlib.sha256(json.dumps(predictor.config, sort_keys=True, default=str).encode())
+    for k, v in sorted(predictor.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_labels(path: Path, labels: np.ndarray) -> None:
+    """Window labels → ``path`` (npz, smallest unsigned dtype), atomically."""
+    dt = np.uint16 if labels.size == 0 or labels.max() < 65536 else np.uint32
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, labels=labels.astype(dt))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_labels(path: Path) -> np.ndarray:
+    with np.load(path) as z:
+        return z["labels"]
+
+
+class _WindowStore:
+    """Window label images from the cache folder, the last ``capacity`` kept decoded."""
+
+    def __init__(self, folder: Path, windows: list[Window], capacity: int) -> None:
+        self.folder, self.windows, self.capacity = folder, windows, capacity
+        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.loads = 0
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"{self.windows[i].name}.npz"
+
+    def get(self, i: int) -> np.ndarray:
+        a = self._lru.get(i)
+        if a is not None:
+            self._lru.move_to_end(i)
+            return a
+        try:
+            a = _load_labels(self.path(i))
+        except Exception as exc:
+            raise GlandsegError(f"{self.path(i)}: cached window unreadable ({exc}); delete "
+                                f"{self.folder} and run again") from exc
+        self.loads += 1
+        self._lru[i] = a
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        return a
+
+
+@dataclass
+class SlideStats:
+    """What a slide run did: sizes, windows, tissue, times (s)."""
+
+    frame: tuple[int, int] = (0, 0)
+    windows: int = 0
+    active: int = 0
+    predicted: int = 0
+    resumed: int = 0
+    tissue_mp: float = 0.0  # tissue megapixels at the model's resolution
+    predict_s: float = 0.0
+    stitch_s: float = 0.0
+    glands: int = 0
+
+
+@dataclass
+class SlideLabels:
+    """A segmented slide: the final label image, read by region from the window cache.
+
+    ``frame``: ``(H, W)`` at the model's resolution; ``zoom``: frame px per level-0 px;
+    ``mpp``: the slide's level-0 µm/px, ``model_mpp``: the frame's; ``shape``: level-0
+    ``(H, W)``; ``glands``: ``int64 (N, 5)`` rows ``(id, y0, x0, y1, x1)`` (frame bounding
+    boxes, ids ``1..N`` in order); ``area``: ``int64 (N,)`` frame px per gland;
+    ``thumbnail`` ``uint8 (h, w, 3)`` at ``thumb_zoom`` (per level-0 px) and its
+    ``tissue`` mask ``bool (h, w)``. Labels: ``uint32``, 0 = background.
+    """
+
+    frame: tuple[int, int]
+    zoom: float
+    mpp: float
+    model_mpp: float
+    shape: tuple[int, int]
+    windows: list[Window]
+    luts: dict[int, np.ndarray]
+    glands: np.ndarray
+    area: np.ndarray
+    thumbnail: np.ndarray
+    thumb_zoom: float
+    tissue: np.ndarray
+    store: _WindowStore
+    cache_dir: Path
+    stats: SlideStats = field(default_factory=SlideStats)
+    core: int = 2048
+
+    @property
+    def n_glands(self) -> int:
+        return len(self.glands)
+
+    def region(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Final labels ``uint32 (y1 - y0, x1 - x0)`` of a frame box (0 outside the frame)."""
+        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), np.uint32)
+        box = (y0, x0, y1, x1)
+        c = self.core
+        rows = math.ceil(self.frame[0] / c) if self.frame[0] else 1
+        cols = math.ceil(self.frame[1] / c) if self.frame[1] else 1
+        for r in range(max(0, y0 // c), min(rows, (y1 - 1) // c + 1)):
+            for col in range(max(0, x0 // c), min(cols, (x1 - 1) // c + 1)):
+                i = r * cols + col
+                lut = self.luts.get(i)
+                if lut is None:
+                    continue
+                w = self.windows[i]
+                part = _intersect(w.core, box)
+                if part is None:
+                    continue
+                labels = self.store.get(i)
+                out[_local(part, box)] = lut[labels[_local(part, w.ext)]]
+        return out
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Labels at frame indices ``rows (h,)`` x ``cols (w,)`` (sorted, non-decreasing):
+        ``uint32 (h, w)`` (nearest-neighbour resampling for other resolutions)."""
+        rows = np.clip(np.asarray(rows, np.int64), 0, self.frame[0] - 1)
+        cols = np.clip(np.asarray(cols, np.int64), 0, self.frame[1] - 1)
+        if rows.size == 0 or cols.size == 0:
+            return np.zeros((rows.size, cols.size), np.uint32)
+        y0, x0 = int(rows[0]), int(cols[0])
+        reg = self.region(y0, x0, int(rows[-1]) + 1, int(cols[-1]) + 1)
+        return reg[(rows - y0)[:, None], (cols - x0)[None, :]]
+
+    def level0(self, y: int, x: int, h: int, w: int, down: float = 1.0) -> np.ndarray:
+        """Labels ``uint32 (h, w)`` of the slide at ``down`` level-0 px per px (1 = the
+        slide's full resolution), from ``(y, x)`` of that grid: the frame pixel under each
+        pixel centre."""
+        rows = np.floor((np.arange(y, y + h) + 0.5) * down * self.zoom).astype(np.int64)
+        cols = np.floor((np.arange(x, x + w) + 0.5) * down * self.zoom).astype(np.int64)
+        return self.sample(rows, cols)
+
+    def gland_masks(self) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+        """``(id, bool mask (h, w), (y0, x0))`` per gland in id order, frame coordinates."""
+        for gid, y0, x0, y1, x1 in self.glands.tolist():
+            yield gid, self.region(y0, x0, y1, x1) == gid, (y0, x0)
+
+    def remove_cache(self) -> None:
+        """Delete the window cache (after the outputs are written)."""
+        import shutil
+
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+def _model_mpp(predictor) -> float:
+    mpp = getattr(predictor, "mpp", None)
+    if mpp is None:
+        mpp = getattr(predictor.model_config.preprocess, "mpp", GLAS_MPP)
+    return float(mpp)
+
+
+def slide_resolution(predictor, slide: Slide, input_mpp: float | None = None
+                     ) -> tuple[float, str]:
+    """``(level-0 µm/px, where from)``: ``input_mpp``, else the predictor's ``input_mpp``,
+    else the slide's metadata, else the model's (logged as an assumption)."""
+    if input_mpp is not None:
+        return float(input_mpp), "given"
+    if getattr(predictor, "input_mpp", None) is not None:
+        return float(predictor.input_mpp), "--input-mpp"
+    if slide.mpp is not None:
+        return float(slide.mpp), slide.mpp_source
+    mpp = _model_mpp(predictor)
+    log.warning("%s: resolution unknown (%s): assuming the model's %.4g µm/px; pass "
+                "--input-mpp (e.g. 0.25 for a 40x scan) if it differs", slide.path,
+                slide.mpp_source, mpp)
+    return mpp, "assumed (the model's)"
+
+
+def _zoom(predictor, mpp: float) -> float:
+    z = getattr(predictor, "zoom", None)
+    if callable(z):
+        return float(z(mpp))
+    return mpp / _model_mpp(predictor)
+
+
+def _cache_key(predictor, slide: Slide, mpp: float, zoom: float, cfg: SlideConfig) -> str:
+    st = slide.path.stat()
+    blob = {
+        "version": CACHE_VERSION, "glandseg": __version__,
+        "slide": [str(slide.path.resolve()), st.st_size, st.st_mtime_ns],
+        "model": _fingerprint(predictor), "mpp": mpp, "zoom": zoom,
+        "core": cfg.core, "margin": cfg.margin, "tissue": cfg.tissue,
+        "thumb_side": cfg.thumb_side, "tta": bool(getattr(predictor, "tta", False)),
+        "tiling": predictor.tiling.as_dict() if hasattr(predictor.tiling, "as_dict")
+        else str(predictor.tiling),
+        "stain_norm": getattr(predictor, "stain_norm", None),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _active(windows: list[Window], tissue: np.ndarray | None, tz: float, zoom: float
+            ) -> list[Window]:
+    if tissue is None:
+        return list(windows)
+    out = []
+    th, tw = tissue.shape
+    f = tz / zoom  # thumbnail px per frame px
+    for w in windows:
+        y0, x0, y1, x1 = w.ext
+        ty0, tx0 = max(0, math.floor(y0 * f)), max(0, math.floor(x0 * f))
+        ty1, tx1 = min(th, math.ceil(y1 * f)), min(tw, math.ceil(x1 * f))
+        if ty1 > ty0 and tx1 > tx0 and tissue[ty0:ty1, tx0:tx1].any():
+            out.append(w)
+    return out
+
+
+def _predict_windows(predictor, slide: Slide, zoom: float, todo: list[Window], store:
+                     _WindowStore, bar) -> None:
+    mpp = _model_mpp(predictor)
+    for w in todo:
+        y0, x0, y1, x1 = w.ext
+        image = slide.read_at(zoom, y0, x0, y1 - y0, x1 - x0)
+        labels = predictor.predict(image, mpp=mpp)
+        _save_labels(store.path(w.index), np.asarray(labels))
+        bar.update(1)
+
+
+def _match(a: np.ndarray, b: np.ndarray, iou_min: float
+           ) -> list[tuple[float, int, int]]:
+    """Label pairs ``(iou, label of a, label of b)`` of two label crops of one region with
+    IoU ≥ ``iou_min``."""
+    m = (a > 0) & (b > 0)
+    if not m.any():
+        return []
+    na, nb = int(a.max()) + 1, int(b.max()) + 1
+    key = a[m].astype(np.int64) * nb + b[m]
+    uk, inter = np.unique(key, return_counts=True)
+    la, lb = uk // nb, uk % nb
+    area_a = np.bincount(a.ravel(), minlength=na)
+    area_b = np.bincount(b.ravel(), minlength=nb)
+    iou = inter / (area_a[la] + area_b[lb] - inter)
+    keep = iou >= iou_min
+    return [(float(v), int(x), int(y)) for v, x, y in zip(iou[keep], la[keep], lb[keep],
+                                                           strict=True)]
+
+
+def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
+            cfg: SlideConfig, min_area: int
+            ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """Match labels across neighbouring windows; returns ``(luts, glands, area)`` (see
+    :class:`SlideLabels`)."""
+    index = {(w.row, w.col): w for w in active}
+    offset: dict[int, int] = {}
+    nlab: dict[int, int] = {}
+    total = 0
+    areas: list[np.ndarray] = []
+    boxes: list[np.ndarray] = []
+    pairs: list[tuple[float, int, int]] = []
+    for w in active:
+        lab = store.get(w.index)
+        n = int(lab.max()) if lab.size else 0
+        offset[w.index], nlab[w.index] = total, n
+        total += n
+        core = lab[_local(w.core, w.ext)]
+        areas.append(np.bincount(core.ravel(), minlength=n + 1)[1:n + 1].astype(np.int64))
+        bb = np.zeros((n, 4), np.int64)
+        for k, sl in enumerate(ndi.find_objects(core, max_label=n)):
+            if sl is not None:
+                bb[k] = (sl[0].start + w.core[0], sl[1].start + w.core[1],
+                         sl[0].stop + w.core[0], sl[1].stop + w.core[1])
+        boxes.append(bb)
+        for dr, dc in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
+            nb = index.get((w.row + dr, w.col + dc))
+            if nb is None:
+                continue
+            shared = _intersect(w.ext, nb.ext)
+            if shared is None:
+                continue
+            a = lab[_local(shared, w.ext)]
+            b = store.get(nb.index)[_local(shared, nb.ext)]
+            for iou, la, lb in _match(a, b, cfg.match_iou):
+                pairs.append((iou, offset[w.index] + la, offset[nb.index] + lb))
+    area = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    box = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.int64)
+    # union-find over global label ids 1..total (index gid - 1), never two of one window
+    win_of = np.zeros(total, np.int64)
+    for w in active:
+        win_of[offset[w.index]:offset[w.index] + nlab[w.index]] = w.index
+    parent = list(range(total))
+    members: dict[int, set[int]] = {}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+        ra, rb = find(a - 1), find(b - 1)
+        if ra == rb:
+            continue
+        sa = members.get(ra, {int(win_of[ra])})
+        sb = members.get(rb, {int(win_of[rb])})
+        if sa & sb:
+            continue
+        parent[rb] = ra
+        members[ra] = sa | sb
+        members.pop(rb, None)
+    roots = np.array([find(i) for i in range(total)], np.int64)
+    g_area = np.bincount(roots, weights=area, minlength=total).astype(np.int64)
+    big = np.iinfo(np.int64).max
+    g_box = np.stack([np.full(total, big), np.full(total, big), np.full(total, -1),
+                      np.full(total, -1)], axis=1)
+    painted = area > 0
+    for col, fn in ((0, np.minimum), (1, np.minimum), (2, np.maximum), (3, np.maximum)):
+        fn.at(g_box[:, col], roots[painted], box[painted, col])
+    keep = np.flatnonzero((g_area > 0) & (g_area >= max(1, min_area)))
+    order = keep[np.lexsort((keep, g_box[keep, 1], g_box[keep, 0]))]
+    final = np.zeros(total, np.int64)
+    final[order] = np.arange(1, len(order) + 1)
+    luts = {}
+    for w in active:
+        o, n = offset[w.index], nlab[w.index]
+        lut = np.zeros(n + 1, np.uint32)
+        lut[1:] = final[roots[o:o + n]]
+        luts[w.index] = lut
+    glands = np.column_stack([np.arange(1, len(order) + 1), g_box[order]]).astype(np.int64)
+    return luts, glands.reshape(-1, 5), g_area[order]
+
+
+def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | os.PathLike,
+                  input_mpp: float | None = None, config: SlideConfig | None = None,
+                  progress: bool = True) -> SlideLabels:
+    """Segment a whole slide or large image (see the module doc) → :class:`SlideLabels`.
+
+    ``predictor``: a :class:`~glandseg.infer.predictor.Predictor` (dense or instance
+    model); ``slide``: an open :class:`Slide` or a path (opened with
+    :func:`~glandseg.data.slide.open_slide`; it must stay open while the result is read);
+    ``work_dir``: folder of the resumable window cache (a sub-folder per slide/model/settings
+    key); ``input_mpp``: the slide's level-0 µm/px if known better than its metadata.
+    """
+    cfg = config or SlideConfig()
+    if not isinstance(slide, Slide):
+        slide = open_slide(slide)
+    mpp, source = slide_resolution(predictor, slide, input_mpp)
+    zoom = _zoom(predictor, mpp)
+    H0, W0 = slide.shape
+    frame = (max(1, round(H0 * zoom)), max(1, round(W0 * zoom)))
+    log.info("%s: %dx%d px at %.4g µm/px (%s) → %dx%d px at the model's %.4g µm/px",
+             slide.path, W0, H0, mpp, source, frame[1], frame[0], _model_mpp(predictor))
+    thumb, tz = slide.thumbnail(cfg.thumb_side)
+    tissue = tissue_mask(thumb) if cfg.tissue else np.ones(thumb.shape[:2], bool)
+    windows = window_grid(frame, cfg.core, cfg.margin)
+    active = _active(windows, tissue if cfg.tissue else None, tz, zoom)
+    key = _cache_key(predictor, slide, mpp, zoom, cfg)
+    cache = Path(work_dir) / key
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GlandsegError(f"{cache}: cannot create the window cache ({exc})") from exc
+    (cache / "settings.json").write_text(json.dumps(
+        {"slide": str(slide.path), "mpp": mpp, "mpp_source": source, "zoom": zoom,
+         "config": asdict(cfg)}, indent=1) + "\n", encoding="utf-8")
+    store = _WindowStore(cache, windows, cfg.lru)
+    todo = [w for w in active if not store.path(w.index).is_file()]
+    stats = SlideStats(frame=frame, windows=len(windows), active=len(active),
+                       predicted=len(todo), resumed=len(active) - len(todo),
+                       tissue_mp=float(tissue.sum()) / (tz * tz) * zoom * zoom / 1e6)
+    if stats.resumed:
+        log.info("%s: resuming, %d of %d windows already done", slide.path, stats.resumed,
+                 len(active))
+    t0 = time.perf_counter()
+    with tqdm(total=len(active), initial=stats.resumed, unit="win", desc=slide.path.stem,
+              disable=None if progress else True, smoothing=0.1) as bar:
+        _predict_windows(predictor, slide, zoom, todo, store, bar)
+    stats.predict_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    min_area = int(getattr(predictor.model_config.postprocess, "min_area", 0) or 0)
+    luts, glands, area = _stitch(windows, active, store, cfg, min_area)
+    stats.stitch_s = time.perf_counter() - t0
+    stats.glands = len(glands)
+    return SlideLabels(frame=frame, zoom=zoom, mpp=mpp, model_mpp=_model_mpp(predictor),
+                       shape=(H0, W0), windows=windows, luts=luts, glands=glands, area=area,
+                       thumbnail=thumb, thumb_zoom=tz, tissue=tissue, store=store,
+                       cache_dir=cache, stats=stats, core=cfg.core)
