@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from glandseg.cli import float_in, int_in
+from glandseg.cli.predict_cmd import TILE_RANGE
 from glandseg.models import registry
 
 
@@ -13,34 +15,45 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model on GlaS (validation by patient, best/last checkpoints)",
         description="Train MODEL on the train_N images of DIR; validation on held-out patients "
                     "with the official GlaS metrics. Writes config.json, best/last.safetensors, "
-                    "metrics.csv, curves.png and train.log to --out.",
+                    "metrics.csv, curves.png and train.log to --out; each epoch is committed "
+                    "as one set (checkpoint.json names the files of the last complete epoch "
+                    "with their SHA-256), so a killed run continues with --resume.",
     )
     p.add_argument("--model", default="unet-lite0",
                    choices=[n for n in registry.names() if n not in registry.BUNDLED])
-    p.add_argument("--data", required=True, help="GlaS folder (flat or train/ test/ layout)")
+    p.add_argument("--data", default=None,
+                   help="GlaS folder (flat or train/ test/ layout); not needed with --resume")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int_in(1, 100_000), default=100)
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8)
+    p.add_argument("--lr", type=float_in(0, 1, what="a learning rate"), default=1e-3)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float_in(0, 1, zero_ok=True), default=1e-4)
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
-    p.add_argument("--crop", type=int, default=256, help="training crop side, px at --scale")
-    p.add_argument("--scale", type=float, default=None,
+    p.add_argument("--crop", type=int_in(32, 4096), default=256,
+                   help="training crop side, px at --scale; a multiple of the model's stride "
+                        "(16 for unet, 32 for the others)")
+    p.add_argument("--scale", type=float_in(0, 4, what="a scale factor"), default=None,
                    help="working resolution relative to the images (model default: 0.5 for "
                         "U-Nets, 1.0 for Mask R-CNN ResNet-50)")
-    p.add_argument("--tile", type=int, default=None,
-                   help="inference tile side (px at --scale) saved in the model config; images "
-                        "that fit are predicted whole (model default: 512)")
+    p.add_argument("--tile", type=int_in(*TILE_RANGE), default=None,
+                   help=f"inference tile side (px at --scale, {TILE_RANGE[0]}-{TILE_RANGE[1]}) "
+                        "saved in the model config; images that fit are predicted whole "
+                        "(model default: 512)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--repeats", type=int, default=2, help="passes over the images per epoch")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--val-every", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+    p.add_argument("--workers", type=int_in(0, 64), default=2,
+                   help="DataLoader worker processes")
+    p.add_argument("--repeats", type=int_in(1, 10_000), default=2,
+                   help="passes over the images per epoch")
+    p.add_argument("--val-fraction", type=float_in(0, 0.9, what="a fraction"), default=0.2,
+                   help="share of the training images (whole patients) held out for validation")
+    p.add_argument("--val-every", type=int_in(1, 100_000), default=1)
+    p.add_argument("--max-minutes", type=float_in(0, 1e6, zero_ok=True), default=None,
                    help="stop (and finish cleanly) after the epoch that passes this budget")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out after its last complete epoch (its own "
+                        "settings; only --max-minutes and --device may change)")
     p.add_argument("--preset", choices=["study"], default=None,
                    help="the study's recipe (overrides optimizer, lr, weight decay, batch, epochs)")
     p.add_argument("--pretrained", choices=["coco", "imagenet", "none"], default=None,
@@ -62,10 +75,16 @@ def run(args: argparse.Namespace) -> int:
     from glandseg import GlandsegError
     from glandseg.train.loop import TrainConfig, train
 
+    if args.data is None and not args.resume:
+        raise GlandsegError("--data is required: the GlaS folder to train on (or --resume a "
+                            "run in --out)")
     try:
         model_args = json.loads(args.model_args)
     except json.JSONDecodeError as exc:
         raise GlandsegError(f"--model-args is not valid JSON: {exc}") from exc
+    if not isinstance(model_args, dict):
+        raise GlandsegError(f"--model-args must be a JSON object such as '{{\"width\": 32}}', "
+                            f"got {args.model_args}")
     pretrained = args.pretrained != "none"
     if args.pretrained in ("coco", "imagenet"):
         if args.model == "maskrcnn":
@@ -81,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                                 "their ImageNet weights offline)")
         model_args["weights_file"] = args.weights_file
     tc = TrainConfig(
-        model=args.model, data=args.data, out=args.out, epochs=args.epochs,
+        model=args.model, data=args.data or "", out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, schedule=args.schedule, crop=args.crop, scale=args.scale, tile=args.tile,
         device=args.device, seed=args.seed, workers=args.workers, repeats=args.repeats,

@@ -344,6 +344,7 @@ class Trainer:
         self.setup_run()
         self.setup_model()  # first: a missing weights download fails before data loading
         self.setup_data()
+        self._check_options()
         stages = self.cfg["train"]["stages"]
         start_stage = start_epoch = 0
         if self.tc.resume:
@@ -381,6 +382,23 @@ class Trainer:
             logging.getLogger("glandseg").setLevel(self._old_level)
             self._fh.close()
         return self.run
+
+    def _check_options(self) -> None:
+        """What only the model and the data can check, as one-line errors before training:
+        the crop must fit the network's stride, and an epoch must hold at least one batch."""
+        t = self.cfg["train"]
+        stride = int(getattr(self.model, "stride", 1))
+        if t["crop"] % stride:
+            fit = max(stride, t["crop"] // stride * stride)
+            raise GlandsegError(f"--crop {t['crop']} is not a multiple of {stride}, the stride "
+                                f"of {self.cfg['model']}; use e.g. --crop {fit}")
+        n = len(self.train_ds)
+        for stage in t["stages"]:
+            if stage["batch_size"] > n:
+                raise GlandsegError(
+                    f"batch size {stage['batch_size']} is more than the {n} training crops of "
+                    f"an epoch ({len(self.train_samples)} images x {t['repeats']} repeats); "
+                    "lower --batch-size or raise --repeats")
 
     def _run_stage(self, si: int, stage: dict, epoch_base: int, start_epoch: int,
                    budget: float | None) -> bool:
