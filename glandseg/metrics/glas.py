@@ -47,15 +47,22 @@ part's total area, F1 from summed TP/FP/FN) and the mean of per-image scores com
 one pass (see :func:`image_stats` and :meth:`ObjectStats.pool`).
 
 Implementation: one contingency table per image (``np.bincount`` over
-``pred_id * (K + 1) + gt_id`` after mapping ids to ``1..n``) gives areas, best matches,
-Dice and F1 without per-object masks. A Hausdorff distance is computed exactly from
-bounding-box crops: for ``a ∈ A \\ B`` the nearest pixel of ``B`` is always a boundary
-pixel of ``B`` (a pixel with a 4-neighbour outside ``B``: any interior pixel has a
+``pred_id * (K + 1) + gt_id`` after mapping ids to ``1..n``; ids already ``1..n`` are
+used without a copy) gives areas, best matches, Dice and F1 without per-object masks.
+The boundary pixels of all objects (a pixel with a 4-neighbour outside its object, or on
+the image border) come from one pass over each label image and give the bounding boxes.
+A Hausdorff distance is computed exactly on bounding-box crops: for ``a ∈ A \\ B`` the
+nearest pixel of ``B`` is always a boundary pixel of ``B`` (any interior pixel has a
 neighbour one step closer to ``a``), so ``max_{a∈A} d(a, B)`` is the largest distance
 from the pixels of ``A \\ B`` to a KD-tree of ``B``'s boundary pixels (0 when
-``A ⊆ B``). Only the query points of ``A`` may not be reduced to its boundary (``B``
-may surround ``A``). The search for the nearest object of an unmatched one visits
-candidates by a bounding-box lower bound of the Hausdorff distance and stops early.
+``A ⊆ B``). The query points of ``A`` may not be reduced to its boundary (``B`` may
+surround ``A``), but most need no query: ``d(., B)`` is 1-Lipschitz, so a tile of pixels
+whose centre distance plus radius does not exceed a distance already reached cannot hold
+the maximum and is skipped (bound and prune on 32- then 8-pixel tiles); the pixels left
+are queried, so the value is the distance of one pixel pair, identical to a query of all
+pixels. The search for the nearest object of an unmatched one visits candidates by a
+bounding-box lower bound of the Hausdorff distance, stops early, and abandons a candidate
+as soon as one of its pixels is no nearer than the best distance so far.
 """
 
 from __future__ import annotations
@@ -66,7 +73,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 log = logging.getLogger(__name__)
@@ -121,11 +127,14 @@ class ObjectStats:
 
     @classmethod
     def pool(cls, stats: Iterable[ObjectStats]) -> ObjectStats:
-        """Sum the stats of several images (empty input: all-zero stats)."""
-        total = cls()
-        for s in stats:
-            total = total + s
-        return total
+        """Sum the stats of several images (empty input: all-zero stats); float sums are
+        correctly rounded (``math.fsum``), so the result does not depend on the order."""
+        stats = list(stats)
+        return cls(**{
+            f.name: (math.fsum(getattr(s, f.name) for s in stats) if f.type in (float, "float")
+                     else sum(getattr(s, f.name) for s in stats))
+            for f in fields(cls)
+        })
 
     @property
     def f1(self) -> float:
@@ -172,25 +181,59 @@ class ObjectStats:
 
 @dataclass
 class _Objects:
-    """The objects of one label image, ids mapped to ``1..n`` in ascending id order."""
+    """The objects of one label image, ids mapped to ``1..n`` in ascending id order.
+
+    Boundary pixels (a pixel of an object with a 4-neighbour outside it, or on the image
+    border) are found for all objects at once on first use; they give the bounding boxes
+    (an object's extreme pixels are boundary pixels) and the KD-trees.
+    """
 
     compact: np.ndarray  # (H, W) int, 0 = background, 1..n
     ids: np.ndarray  # (n,) original ids, ascending
     areas: np.ndarray  # (n + 1,) int64, areas[0] = 0
     _boxes: np.ndarray | None = None  # (n, 4) int64: r0, r1 (excl.), c0, c1 (excl.)
+    _edge: np.ndarray | None = None  # (m, 2) float64 boundary pixels, grouped by object
+    _edge_start: np.ndarray | None = None  # (n + 1,) offsets of each object's group
     _trees: dict[int, cKDTree] = field(default_factory=dict)
+    _masks: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.ids.size)
 
+    def _find_boundaries(self) -> None:
+        c = self.compact
+        h, w = c.shape
+        edge = np.ones((h, w), dtype=bool)  # the image border counts as outside
+        inner = edge[1:-1, 1:-1]
+        vert = c[1:, 1:-1] != c[:-1, 1:-1]  # (h - 1, w - 2): differs from the pixel below
+        horiz = c[1:-1, 1:] != c[1:-1, :-1]  # (h - 2, w - 1): differs from the pixel right
+        np.logical_or(vert[1:], vert[:-1], out=inner)
+        inner |= horiz[:, 1:]
+        inner |= horiz[:, :-1]
+        edge &= c > 0
+        rr, cc = np.nonzero(edge)
+        lab = c[rr, cc]
+        order = np.argsort(lab, kind="stable")
+        rr, cc = rr[order], cc[order]
+        start = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(lab, minlength=self.n + 1)[1:], out=start[1:])
+        self._edge = np.stack((rr, cc), axis=1).astype(np.float64)
+        self._edge_start = start
+        if self.n:
+            first = start[:-1]
+            self._boxes = np.stack(
+                (np.minimum.reduceat(rr, first), np.maximum.reduceat(rr, first) + 1,
+                 np.minimum.reduceat(cc, first), np.maximum.reduceat(cc, first) + 1),
+                axis=1,
+            ).astype(np.int64)
+        else:
+            self._boxes = np.zeros((0, 4), dtype=np.int64)
+
     @property
     def boxes(self) -> np.ndarray:
         if self._boxes is None:
-            sl = ndimage.find_objects(self.compact, max_label=self.n)
-            self._boxes = np.array(
-                [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in sl], dtype=np.int64
-            ).reshape(-1, 4)
+            self._find_boundaries()
         return self._boxes
 
     def crop(self, k: int, pad: int = 0) -> tuple[slice, slice]:
@@ -201,17 +244,21 @@ class _Objects:
             slice(max(c0 - pad, 0), min(c1 + pad, w)),
         )
 
+    def mask(self, k: int) -> np.ndarray:
+        """Bool mask of object ``k`` on its bounding-box crop :meth:`crop` ``(k)`` (cached)."""
+        m = self._masks.get(k)
+        if m is None:
+            m = self.compact[self.crop(k)] == k
+            self._masks[k] = m
+        return m
+
     def tree(self, k: int) -> cKDTree:
         """KD-tree of the boundary pixels (4-connectivity) of object ``k``."""
         t = self._trees.get(k)
         if t is None:
-            rs, cs = self.crop(k)
-            m = np.pad(self.compact[rs, cs] == k, 1)
-            inner = m[1:-1, 1:-1]
-            interior = inner & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-            pts = np.argwhere(inner & ~interior)
-            pts += (rs.start, cs.start)
-            t = cKDTree(pts.astype(np.float64))
+            if self._edge is None:
+                self._find_boundaries()
+            t = cKDTree(self._edge[self._edge_start[k - 1]: self._edge_start[k]])
             self._trees[k] = t
         return t
 
@@ -240,9 +287,12 @@ def _objects(labels: np.ndarray) -> _Objects:
         counts = np.bincount(flat, minlength=mx + 1)
         counts[0] = 0
         ids = np.flatnonzero(counts)
-        lut = np.zeros(mx + 1, dtype=np.int32)
-        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-        compact = lut[labels]
+        if ids.size == mx and labels.dtype.itemsize <= 4:  # ids already 1..n: no relabelling
+            compact = labels
+        else:
+            lut = np.zeros(mx + 1, dtype=np.int32)
+            lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+            compact = lut[labels]
         areas = np.concatenate(([0], counts[ids])).astype(np.int64)
     else:  # huge ids: sort instead of a lookup table
         uniq, inv, cnt = np.unique(flat, return_inverse=True, return_counts=True)
@@ -294,16 +344,97 @@ def _best_match(
 # ------------------------------------------------------------------------- Hausdorff
 
 
-def _directed(X: _Objects, x: int, Y: _Objects, y: int) -> float:
-    """``max_{a ∈ X_x} min_{b ∈ Y_y} |a − b|`` over all pixels, exactly."""
+#: Bound-and-prune of :func:`_farthest`: the tile side (pixels) of the first pass, done on
+#: the mask, and of the following passes, done on pixel lists, coarse to fine, each run
+#: when more than ``_PRUNE_MIN`` pixels remain (below that, querying them all is cheaper).
+_MASK_TILE = 32
+_POINT_TILES = (8,)
+_PRUNE_MIN = 2048
+_SLACK = 1e-9  # added to upper bounds: float rounding of centre distance + radius
+
+
+def _tile_bounds(tiles_r: np.ndarray, tiles_c: np.ndarray, reps: np.ndarray, s: int,
+                 origin: tuple[int, int], tree: cKDTree) -> tuple[float, np.ndarray]:
+    """``(lb, ub)`` for ``s x s`` tiles (row/col tile indices): ``lb`` the largest distance
+    of the real pixels ``reps`` (one per tile, image coordinates), ``ub`` per tile the
+    distance of its centre plus the centre's largest distance to a tile pixel."""
+    half = (s - 1) / 2.0
+    centres = np.stack((tiles_r * s + (half + origin[0]), tiles_c * s + (half + origin[1])),
+                       axis=1)
+    lb = float(tree.query(reps.astype(np.float64))[0].max())
+    ub = tree.query(centres)[0] + (half * math.sqrt(2.0) + _SLACK)
+    return lb, ub
+
+
+def _farthest(mask: np.ndarray, origin: tuple[int, int], tree: cKDTree, cap: float) -> float:
+    """``max`` over the True pixels of ``mask`` of the distance to the points of ``tree``.
+
+    ``mask``: bool ``(h, w)``, a crop whose pixel ``(0, 0)`` is image pixel ``origin``;
+    at least one pixel True. Exact, except that once the maximum is known to be at least
+    ``cap`` a value ``>= cap`` (a distance of one of the pixels) may be returned early.
+
+    Bound and prune, exact because the distance to a set is 1-Lipschitz: the pixels are
+    grouped in ``s x s`` tiles; the distance ``d(c)`` of each tile's centre bounds its
+    pixels by ``d(c) + (s - 1) / sqrt(2)``, one real pixel per tile gives a lower bound
+    ``lb`` of the maximum, and tiles whose bound does not exceed ``lb`` are dropped. The
+    remaining pixels are queried one by one, so the result is the distance of a pixel,
+    the same float as a query of all pixels.
+    """
+    r0, c0 = origin
+    lb = 0.0
+    h, w = mask.shape
+    s = _MASK_TILE
+    if h * w > 4 * _PRUNE_MIN and np.count_nonzero(mask) > _PRUNE_MIN:
+        th, tw = -(-h // s), -(-w // s)
+        padded = np.zeros((th * s, tw * s), dtype=bool)
+        padded[:h, :w] = mask
+        occupied = padded.reshape(th, s, tw * s).any(axis=1).reshape(th, tw, s).any(axis=2)
+        ti, tj = np.nonzero(occupied)
+        blocks = padded.reshape(th, s, tw, s)[ti, :, tj, :].reshape(ti.size, s * s)
+        first = blocks.argmax(axis=1)  # a True pixel of each tile
+        reps = np.stack((ti * s + first // s + r0, tj * s + first % s + c0), axis=1)
+        lb, ub = _tile_bounds(ti, tj, reps, s, origin, tree)
+        if lb >= cap:
+            return lb
+        keep = ub > lb
+        if not keep.all():
+            grid = np.zeros((th, tw), dtype=bool)
+            grid[ti[keep], tj[keep]] = True
+            mask = mask & np.repeat(np.repeat(grid, s, axis=0), s, axis=1)[:h, :w]
+    pts = np.argwhere(mask)
+    for s in _POINT_TILES:
+        if len(pts) <= _PRUNE_MIN:
+            break
+        tr, tc = pts[:, 0] // s, pts[:, 1] // s
+        tw = int(tc.max()) + 1
+        key = tr * tw + tc
+        rep = np.full(int(key.max()) + 1, -1, dtype=np.int64)
+        rep[key] = np.arange(key.size)  # some pixel of each tile
+        tiles = np.flatnonzero(rep >= 0)
+        t_lb, ub = _tile_bounds(tiles // tw, tiles % tw, pts[rep[tiles]] + origin, s, origin,
+                                tree)
+        lb = max(lb, t_lb)
+        if lb >= cap:
+            return lb
+        keep = np.zeros(rep.size, dtype=bool)
+        keep[tiles[ub > lb]] = True
+        pts = pts[keep[key]]
+    if len(pts):
+        lb = max(lb, float(tree.query((pts + origin).astype(np.float64))[0].max()))
+    return lb
+
+
+def _directed(X: _Objects, x: int, Y: _Objects, y: int, cap: float = math.inf) -> float:
+    """``max_{a ∈ X_x} min_{b ∈ Y_y} |a − b|`` over all pixels, exactly.
+
+    With a finite ``cap``, a value ``>= cap`` may be returned as soon as the distance is
+    known to reach it (see :func:`_farthest`).
+    """
     rs, cs = X.crop(x)
-    outside = (X.compact[rs, cs] == x) & (Y.compact[rs, cs] != y)
-    pts = np.argwhere(outside)
-    if pts.size == 0:
+    outside = X.mask(x) & (Y.compact[rs, cs] != y)
+    if not outside.any():
         return 0.0
-    pts += (rs.start, cs.start)
-    d, _ = Y.tree(y).query(pts.astype(np.float64))
-    return float(d.max())
+    return _farthest(outside, (rs.start, cs.start), Y.tree(y), cap)
 
 
 class _Hausdorff:
@@ -313,11 +444,17 @@ class _Hausdorff:
         self.P, self.G = P, G
         self.cache: dict[tuple[int, int], float] = {}
 
-    def __call__(self, p: int, g: int) -> float:
+    def __call__(self, p: int, g: int, cap: float = math.inf) -> float:
+        """``H(P_p, G_g)``; with a finite ``cap``, possibly a value ``>= cap`` instead."""
         key = (p, g)
         h = self.cache.get(key)
         if h is None:
-            h = max(_directed(self.P, p, self.G, g), _directed(self.G, g, self.P, p))
+            h = _directed(self.P, p, self.G, g, cap)
+            if h >= cap:
+                return h  # not exact: not cached
+            h = max(h, _directed(self.G, g, self.P, p, cap))
+            if h >= cap:
+                return h
             self.cache[key] = h
         return h
 
@@ -328,14 +465,15 @@ class _Hausdorff:
         assert x is not None and Y.n > 0
         bx = X.boxes[x - 1]
         lb = np.abs(Y.boxes - bx).max(axis=1)  # |Δ extreme row/col| ≤ H(A, B)
-        best_h, best_k = math.inf, 0
+        best_h = math.inf
         for j in np.lexsort((np.arange(Y.n), lb)):
-            if lb[j] > best_h:
+            if lb[j] >= best_h:
                 break
             k = int(j) + 1
-            h = self(x, k) if p is not None else self(k, x)
-            if h < best_h or (h == best_h and k < best_k):
-                best_h, best_k = h, k
+            # only the distance matters (ties give the same value), so a candidate known
+            # to be no nearer than the best so far is abandoned early
+            h = self(x, k, best_h) if p is not None else self(k, x, best_h)
+            best_h = min(best_h, h)
         return best_h
 
 
@@ -395,7 +533,7 @@ def image_stats(
 
     if hausdorff:
         h_p, h_g = _hausdorff_terms(P, G, best_g, best_p, pred.shape, empty_distance)
-        haus_pred, haus_gt = float(np.dot(area_p, h_p)), float(np.dot(area_g, h_g))
+        haus_pred, haus_gt = _weighted_sum(area_p, h_p), _weighted_sum(area_g, h_g)
     else:
         haus_pred = haus_gt = math.nan
     return ObjectStats(
@@ -407,11 +545,17 @@ def image_stats(
         fn=G.n - tp,
         area_pred=int(area_p.sum()),
         area_gt=int(area_g.sum()),
-        dice_pred=float(np.dot(area_p, dice_p)),
-        dice_gt=float(np.dot(area_g, dice_g)),
+        dice_pred=_weighted_sum(area_p, dice_p),
+        dice_gt=_weighted_sum(area_g, dice_g),
         hausdorff_pred=haus_pred,
         hausdorff_gt=haus_gt,
     )
+
+
+def _weighted_sum(areas: np.ndarray, values: np.ndarray) -> float:
+    """``Σ areas[i] · values[i]``, the sum correctly rounded (``math.fsum``), so that it does
+    not depend on the order of the objects."""
+    return math.fsum((areas * values).tolist())
 
 
 def _hausdorff_terms(

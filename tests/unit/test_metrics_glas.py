@@ -296,3 +296,131 @@ def test_split_gt_components_only_changes_ground_truth() -> None:
     merged = np.where(pred == 3, 1, pred)
     m = score_pairs([("testB_1", merged, gt)], split_gt=True)["testB"]["pooled"]
     assert m["tp"] + m["fp"] == 2
+
+
+# ---------------------------------------- pruned Hausdorff search: exact, not approximate
+
+
+def _blobs(rng: np.random.Generator, h: int, w: int, n: int, r_max: int) -> np.ndarray:
+    """A label image ``(H, W)`` of up to ``n`` random discs (later ones on top), ids 1..n."""
+    out = np.zeros((h, w), dtype=np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(1, n + 1):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(2, r_max)
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return out
+
+
+def _brute_stats(pred: np.ndarray, gt: np.ndarray) -> ObjectStats:
+    """The module's definitions object by object on full masks, nearest object by trying all."""
+    diag = math.hypot(gt.shape[0] - 1, gt.shape[1] - 1)
+
+    def side(own, other):
+        area, dice, haus, partner = 0, 0.0, 0.0, {}
+        others = [j for j in np.unique(other) if j]
+        for i in [i for i in np.unique(own) if i]:
+            m = own == i
+            a = int(m.sum())
+            area += a
+            hits = other[m][other[m] > 0]
+            if hits.size:
+                j = int(np.bincount(hits).argmax())
+                inter = int((hits == j).sum())
+                dice += a * 2 * inter / (a + int((other == j).sum()))
+                haus += a * _brute(m, other == j)
+                partner[i] = (j, inter)
+            else:
+                haus += a * (min(_brute(m, other == j) for j in others) if others else diag)
+        return area, dice, haus, partner
+
+    ap, dp, hp, partner = side(pred, gt)
+    ag, dg, hg, _ = side(gt, pred)
+    tp = len({j for j, inter in partner.values() if 2 * inter > int((gt == j).sum())})
+    n_p, n_g = len(np.unique(pred[pred > 0])), len(np.unique(gt[gt > 0]))
+    return ObjectStats(1, n_p, n_g, tp, n_p - tp, n_g - tp, ap, ag, dp, dg, hp, hg)
+
+
+def _assert_same(a: ObjectStats, b: ObjectStats) -> None:
+    for name in ("n_pred", "n_gt", "tp", "fp", "fn", "area_pred", "area_gt"):
+        assert getattr(a, name) == getattr(b, name), name
+    for name in ("dice_pred", "dice_gt", "hausdorff_pred", "hausdorff_gt"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-12, abs=1e-12), name
+
+
+def test_image_stats_match_brute_force_with_aggressive_pruning(monkeypatch):
+    # Tiny tiles and no size threshold: every pruning step runs on every distance, and
+    # unmatched discs trigger the capped nearest-object search. Figures must not move.
+    import glandseg.metrics.glas as glas
+
+    monkeypatch.setattr(glas, "_PRUNE_MIN", 0)
+    monkeypatch.setattr(glas, "_MASK_TILE", 4)
+    monkeypatch.setattr(glas, "_POINT_TILES", (3, 2))
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+        gt = _blobs(rng, 40, 56, int(rng.integers(1, 7)), 12)
+        pred = _blobs(rng, 40, 56, int(rng.integers(1, 7)), 12)
+        _assert_same(image_stats(pred, gt), _brute_stats(pred, gt))
+
+
+def test_large_objects_take_the_pruned_path_and_stay_exact():
+    # Objects of several thousand pixels, far apart, surrounding and merged, with the
+    # default tiling: the result is the distance of one pixel, equal to the brute force.
+    h, w = 180, 240
+    yy, xx = np.mgrid[:h, :w]
+    a = (yy - 90) ** 2 + (xx - 70) ** 2 <= 50**2  # 7.8k px
+    ring = ((yy - 90) ** 2 + (xx - 70) ** 2 <= 75**2) & ~((yy - 90) ** 2 + (xx - 70) ** 2 <= 60**2)
+    far = (np.abs(yy - 40) <= 30) & (np.abs(xx - 205) <= 25)
+    for b in (ring, far, ring | far, a[:, ::-1]):
+        assert hausdorff_distance(a, b) == _brute(a, b)
+    gt = np.where(a, 1, 0) + np.where(far, 2, 0)
+    pred = np.where(a | far, 5, 0)  # one prediction over both glands
+    pred[ring] = 9  # a false ring around them
+    _assert_same(image_stats(pred, gt), _brute_stats(pred, gt))
+
+
+def test_capped_distance_is_a_lower_bound_and_not_cached():
+    import glandseg.metrics.glas as glas
+
+    h, w = 60, 200
+    p, g = np.zeros((h, w), np.int32), np.zeros((h, w), np.int32)
+    p[10:50, 5:60] = 1
+    g[10:50, 120:190] = 1
+    hd = glas._Hausdorff(glas._objects(p), glas._objects(g))
+    exact = _brute(p == 1, g == 1)
+    capped = hd(1, 1, cap=10.0)
+    assert 10.0 <= capped <= exact and (1, 1) not in hd.cache
+    assert hd(1, 1) == exact and hd.cache[(1, 1)] == exact
+    assert hd(1, 1, cap=10.0) == exact  # cached exact values are returned as they are
+
+
+def test_boxes_and_boundaries_of_all_objects_at_once():
+    from scipy import ndimage
+
+    import glandseg.metrics.glas as glas
+
+    rng = np.random.default_rng(2)
+    for dtype, scale in ((np.uint8, 1), (np.uint16, 1000), (np.int64, 10**9)):
+        lab = _blobs(rng, 37, 45, 9, 10)
+        lab[0, :5] = 9  # an object on the image border
+        lab = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)  # ids 1..n
+        lab = (lab.astype(np.int64) * scale).astype(dtype)  # uint8: ids 1..n used as they are
+        obj = glas._objects(lab)
+        assert (obj.compact is lab) == (dtype == np.uint8)
+        sl = ndimage.find_objects(obj.compact)
+        want = [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in sl]
+        assert [tuple(b) for b in obj.boxes.tolist()] == want
+        for k in range(1, obj.n + 1):
+            m = np.pad(obj.compact == k, 1)
+            inner = m[1:-1, 1:-1]
+            interior = inner & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+            edge = sorted(map(tuple, np.argwhere(inner & ~interior).tolist()))
+            assert sorted(map(tuple, obj.tree(k).data.astype(int).tolist())) == edge
+
+
+def test_pooled_sums_do_not_depend_on_the_order_of_images():
+    # 1e16 + 1 + 1 is 1e16 in plain float addition but 1e16 + 2 in the other order.
+    stats = [ObjectStats(n_images=1, n_pred=1, area_pred=1, hausdorff_pred=v, dice_pred=v)
+             for v in (1e16, 1.0, 1.0)]
+    forward, backward = ObjectStats.pool(stats), ObjectStats.pool(stats[::-1])
+    assert forward == backward
+    assert forward.hausdorff_pred == 1e16 + 2 and forward.n_images == 3
