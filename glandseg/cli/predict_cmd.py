@@ -16,6 +16,11 @@ DEFAULT_MODEL = "glas-unet"
 TILE_RANGE = (64, 4096)
 
 
+#: Accepted ``--input-mpp`` values (µm per pixel).
+MPP_RANGE = (0, 100)
+STAIN_METHODS = ("macenko", "reinhard")
+
+
 def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
     """Options shared by predict, evaluate and demo."""
     p.add_argument("--model", default=default,
@@ -27,13 +32,28 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
     p.add_argument("--tile", type=int_in(*TILE_RANGE), default=None,
                    help=f"tile side in px at the model's scale, {TILE_RANGE[0]}-{TILE_RANGE[1]} "
                         "(default: the model's)")
+    p.add_argument("--input-mpp", type=float_in(*MPP_RANGE, what="micrometres per pixel"),
+                   default=None, metavar="UM_PER_PX",
+                   help="resolution of the input images in micrometres per pixel, e.g. 0.25 "
+                        "for a 40x scan, 0.5 for 20x (default: read from the file's TIFF/OME/"
+                        "PNG/JPEG metadata when it is physical, else the model's: 0.62005 for "
+                        "the GlaS models, said once). Images are rescaled to the model's "
+                        "resolution, labels come back at the input's; glands.csv µm columns "
+                        "use it")
+    p.add_argument("--stain-norm", choices=STAIN_METHODS, default=None,
+                   help="normalise the H&E stain to the model's reference (GlaS training "
+                        "images) before predicting: macenko (stain vectors) or reinhard "
+                        "(L*a*b* statistics); default: off")
+
 
 
 def make_predictor(args: argparse.Namespace):
     from glandseg.infer.predictor import Predictor, TileConfig
 
     # a --device this machine lacks is a one-line error from the predictor's pick_device
-    pred = Predictor.from_name(args.model, device=args.device, tta=args.tta)
+    pred = Predictor.from_name(args.model, device=args.device, tta=args.tta,
+                               input_mpp=getattr(args, "input_mpp", None),
+                               stain_norm=getattr(args, "stain_norm", None))
     if args.tile:
         pred.tiling = TileConfig(tile=args.tile, overlap=min(pred.tiling.overlap, args.tile // 4),
                                  batch_size=pred.tiling.batch_size)
@@ -52,9 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mpp", type=float_in(0, 100, zero_ok=True, what="micrometres per pixel"),
-                   default=0.62005,
-                   help="micrometres per pixel for µm measurements (GlaS: 0.62005; 0 = none)")
+    p.add_argument("--mpp", type=float_in(*MPP_RANGE, what="micrometres per pixel"),
+                   default=None, dest="deprecated_mpp", metavar="UM_PER_PX",
+                   help="deprecated alias of --input-mpp (it now also rescales the image)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true",
                        help="replace outputs an earlier glandseg run wrote into --out")
@@ -65,14 +85,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _resolve_mpp_alias(args: argparse.Namespace) -> None:
+    """``--mpp`` (deprecated) → ``--input-mpp``, with a warning; both and different: error."""
+    from glandseg import GlandsegError
+
+    old = getattr(args, "deprecated_mpp", None)
+    if old is None:
+        return
+    if args.input_mpp is not None and args.input_mpp != old:
+        raise GlandsegError(f"--mpp {old:g} and --input-mpp {args.input_mpp:g} disagree; "
+                            "--mpp is a deprecated alias of --input-mpp: give only --input-mpp")
+    log.warning("--mpp is deprecated: use --input-mpp (the input's micrometres per pixel, "
+                "which now also rescales the image to the model's resolution)")
+    args.input_mpp = old
+
+
 def run(args: argparse.Namespace) -> int:
     from glandseg.report.batch import collect_inputs, plan_outputs, predict_files
 
+    _resolve_mpp_alias(args)
     mode = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
     paths = collect_inputs(args.inputs)
     plan_outputs(paths, args.out, mode)  # refuse before loading the model
     pred = make_predictor(args)
-    rep = predict_files(paths, args.out, pred, mpp=args.mpp or None, mode=mode,
+    rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,
                         progress=not getattr(args, "quiet", False))
     skipped = f", {rep.n_skipped} skipped (outputs present)" if rep.n_skipped else ""
     print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "

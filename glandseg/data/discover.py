@@ -1,6 +1,8 @@
 """Find GlaS images, their annotations and grades in a folder.
 
-Layouts accepted (any of ``.bmp``, ``.png``, ``.tif``/``.tiff``):
+Layouts accepted (images in any of :data:`glandseg.data.io.IMAGE_EXTS`: ``.bmp``, ``.png``,
+``.tif``/``.tiff``, ``.jpg``/``.jpeg``, ``.webp``, ``.jp2``; annotations lossless only:
+a JPEG annotation is an error naming the file):
 
 - the official flat folder: ``train_1.bmp`` + ``train_1_anno.bmp``, ``testA_1…``,
   ``testB_1…`` and ``Grade.csv``;
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glandseg import GlandsegError
-from glandseg.data.io import IMAGE_EXTS
+from glandseg.data.io import IMAGE_EXTS, lossy_label_reason
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,9 @@ def _candidate_files(root: Path) -> list[Path]:
     return out
 
 
-# Preference among copies of one stem: the official BMP, then PNG, then TIFF.
-_EXT_ORDER = {e: i for i, e in enumerate((".bmp", ".png", ".tif", ".tiff"))}
+# Preference among copies of one stem: the official BMP, then PNG, then TIFF, lossy last.
+_EXT_ORDER = {e: i for i, e in enumerate((".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg",
+                                          ".webp", ".jp2"))}
 _FOLDER_SPLITS = {s.lower(): s for s in SPLITS}
 
 
@@ -120,7 +123,10 @@ def find_grade_csv(root: Path) -> Path | None:
 
 
 def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """``(images, annotations)`` of ``root``, both keyed by image stem."""
+    """``(images, annotations)`` of ``root``, both keyed by image stem.
+
+    Raises :class:`GlandsegError` naming the file when an annotation is lossy (JPEG, ...)
+    and no lossless copy of it sits beside it."""
     by_stem: dict[str, Path] = {}
     annos: dict[str, Path] = {}
     for p in sorted(_candidate_files(root)):
@@ -139,6 +145,12 @@ def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
             if _EXT_ORDER.get(p.suffix.lower(), 9) >= _EXT_ORDER.get(old.suffix.lower(), 9):
                 continue
         table[key] = p
+    for p in sorted(annos.values(), key=lambda q: _natural(str(q))):
+        why = lossy_label_reason(p)
+        if why:
+            raise GlandsegError(f"{p}: annotation {why}; lossy compression changes label "
+                                "values at every gland border: save it losslessly as PNG "
+                                "or TIFF (the image itself may stay JPEG)")
     return by_stem, annos
 
 

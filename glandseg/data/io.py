@@ -2,13 +2,23 @@
 
 Images are returned as ``uint8`` arrays of shape ``(H, W, 3)`` (RGB); label images as
 2-D integer arrays (``int32`` after reading), 0 = background, 1..N = one object each.
+
+Images may be any of :data:`IMAGE_EXTS` (BMP, PNG, TIFF through tifffile, JPEG, WebP,
+JPEG 2000 through Pillow). Label images (annotations, predictions) must be lossless
+(:data:`LABEL_EXTS`): a JPEG annotation is refused (:func:`lossy_label_reason`), since lossy
+compression changes label values along every gland border.
+
+:func:`read_mpp` reads an image's resolution (µm per pixel) from its metadata when it is
+clearly physical (see there for the rule).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +30,18 @@ from glandseg import GlandsegError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_EXTS = (".bmp", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".jp2")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")
+#: Formats that are (or usually are) lossy: refused for label images.
+LOSSY_EXTS = (".jpg", ".jpeg", ".webp", ".jp2")
+#: TIFF compressions that are lossy (tifffile ``COMPRESSION`` values: JPEG old/new, JPEG
+#: 2000 variants, WebP, JPEG XL, JPEG XR): refused for label images.
+_LOSSY_TIFF_COMPRESSIONS = {6, 7, 33003, 33004, 33005, 34712, 34892, 34933, 34934, 50001,
+                            50002, 52546, 22610}
+#: :func:`read_mpp` accepts a resolution from metadata only inside this range (µm/px): a
+#: microscope image is between ~0.05 (100x oil) and ~10 (1x overview) µm per pixel, while
+#: the 72 or 96 dpi that image software writes by default is 353 or 265 µm per pixel.
+PLAUSIBLE_MPP = (0.05, 10.0)
 
 # PIL modes whose pixels are not directly RGB/grey values: converted to RGB for images.
 _CONVERT_TO_RGB = ("P", "PA", "LA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX")
@@ -85,10 +105,15 @@ def read_label(path: str | os.PathLike, what: str = "label image") -> np.ndarray
     """Read an instance label image (8/16/32-bit). Returns ``int32`` ``(H, W)``, 0 = background.
 
     ``what`` names the file's role in messages (``"prediction"``, ``"annotation"``).
-    Raises :class:`GlandsegError` if the file is not a single-channel integer image
-    (a colour image or a float image is not a label image). A grey RGB file (R = G = B)
+    A lossy file (JPEG, WebP, JPEG 2000, lossy TIFF) is refused. Raises
+    :class:`GlandsegError` if the file is not a single-channel integer image (a colour
+    image or a float image is not a label image). A grey RGB file (R = G = B)
     is read as its one channel; :func:`implausible_label` tells whether it looks like one.
     """
+    lossy = lossy_label_reason(path)
+    if lossy:
+        raise GlandsegError(f"{path}: {what} {lossy}; lossy compression changes label values "
+                            "at every gland border: save it losslessly as PNG or TIFF")
     arr = _read_raw(Path(path))
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         rgb = arr[..., :3]
@@ -147,6 +172,118 @@ def implausible_label(labels: np.ndarray) -> str | None:
                     f"values, {frac:.0%} of neighbouring pixels differ); expected 0 = "
                     "background, 1..N = one id per gland")
     return None
+
+
+def lossy_label_reason(path: str | os.PathLike) -> str | None:
+    """Why the label file ``path`` cannot hold exact label values (a JPEG/WebP/JPEG 2000
+    file, or a TIFF with lossy compression), or ``None``. Does not decode pixels."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext in LOSSY_EXTS:
+        kind = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP", ".jp2": "JPEG 2000"}[ext]
+        return f"is a {kind} file"
+    if ext in (".tif", ".tiff") and path.is_file():
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                comp = int(tif.pages[0].compression)
+        except Exception:  # unreadable: reading it will say so
+            return None
+        if comp in _LOSSY_TIFF_COMPRESSIONS:
+            return f"is a TIFF with lossy compression ({comp})"
+    return None
+
+
+def _unit_to_um(value: float, unit: str | None) -> float | None:
+    """A length in an OME unit (``nm``, ``µm``/``um``, ``mm``, ``cm``, ``m``) → µm."""
+    factor = {"nm": 1e-3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "mm": 1e3,
+              "cm": 1e4, "m": 1e6}.get((unit or "µm").strip())
+    return None if factor is None else value * factor
+
+
+def _tiff_mpp(path: Path) -> tuple[float | None, str]:
+    """``(µm/px, where from)`` of a TIFF: OME-XML ``PhysicalSizeX``, an Aperio
+    ``ImageDescription`` ``MPP = x``, else the ``XResolution`` tag with ``ResolutionUnit``
+    inch or centimetre (unit "none" is not physical)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if tif.is_ome and tif.ome_metadata:
+            m = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+            if m:
+                attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+                if "PhysicalSizeX" in attrs:
+                    try:
+                        v = _unit_to_um(float(attrs["PhysicalSizeX"]),
+                                        attrs.get("PhysicalSizeXUnit"))
+                    except ValueError:
+                        v = None
+                    if v is not None:
+                        return v, "OME-XML PhysicalSizeX"
+        desc = page.description or ""
+        if desc.startswith("Aperio"):
+            m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
+            if m:
+                return float(m.group(1)), "Aperio ImageDescription MPP"
+        tags = page.tags
+        if "XResolution" in tags:
+            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            num, den = tags["XResolution"].value
+            per_unit = num / den if den else 0.0
+            if per_unit > 0 and unit in (2, 3):
+                um = 25400.0 if unit == 2 else 10000.0
+                name = "inch" if unit == 2 else "centimetre"
+                return um / per_unit, f"TIFF XResolution ({per_unit:g} px per {name})"
+            return None, "TIFF resolution unit is 'none' (not physical)"
+    return None, "no resolution tags"
+
+
+def _pillow_mpp(path: Path) -> tuple[float | None, str]:
+    """``(µm/px, where from)`` from Pillow's ``dpi``: PNG ``pHYs`` in pixels per metre,
+    JPEG JFIF density in dpi or dpcm (else EXIF), BMP pixels per metre."""
+    with Image.open(path) as im:
+        dpi = im.info.get("dpi")
+        fmt = im.format or path.suffix.lstrip(".").upper()
+        if fmt == "JPEG" and im.info.get("jfif_unit", 0) == 0 and "exif" not in im.info:
+            return None, "JFIF density without a unit (an aspect ratio)"
+    if not dpi:
+        return None, f"no physical pixel size in the {fmt} header"
+    try:
+        d = float(dpi[0])
+    except (TypeError, ValueError, IndexError):
+        return None, f"unreadable {fmt} resolution {dpi!r}"
+    if not (math.isfinite(d) and d > 0):
+        return None, f"{fmt} resolution {dpi!r} is not positive"
+    return 25400.0 / d, f"{fmt} resolution ({d:g} dpi)"
+
+
+def read_mpp(path: str | os.PathLike) -> tuple[float | None, str]:
+    """The resolution of an image file in µm per pixel from its metadata, and where it came
+    from: ``(mpp, source)``, or ``(None, why not)``. Never decodes the pixels.
+
+    Rule: TIFF: OME-XML ``PhysicalSizeX`` (with its unit), an Aperio ``MPP =`` in the
+    description, else ``XResolution`` with ``ResolutionUnit`` inch or cm (unit "none" is
+    ignored). PNG (``pHYs`` in pixels per metre), JPEG (JFIF density in dpi/dpcm or EXIF
+    resolution), BMP: Pillow's ``dpi``. A value is used only when it is plausible for a
+    microscope (:data:`PLAUSIBLE_MPP`, 0.05 to 10 µm/px): the 72/96 dpi that most software
+    writes by default is ignored. An unreadable header gives ``None`` (reading the pixels
+    will report it)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            mpp, source = _tiff_mpp(path)
+        else:
+            mpp, source = _pillow_mpp(path)
+    except Exception as exc:  # metadata is optional; reading the pixels reports errors
+        return None, f"unreadable metadata ({type(exc).__name__})"
+    if mpp is None:
+        return None, source
+    lo, hi = PLAUSIBLE_MPP
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        return None, f"{source} gives {mpp:.4g} µm/px, not a microscope resolution"
+    return float(mpp), source
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

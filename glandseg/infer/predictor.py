@@ -5,11 +5,22 @@ class probabilities at the input resolution (``float32 (C, H, W)``) and an insta
 image (``int32 (H, W)``, 0 = background). Large images are cut into overlapping tiles at the
 model's working scale and blended with a smooth window, so memory stays bounded by the tile
 size plus the probability canvas.
+
+Resolution: every model has one (``preprocess.mpp``, µm per pixel; GlaS 0.62005). An image
+of another resolution (``mpp=`` of :meth:`Predictor.predict`, or the predictor's
+``input_mpp``) is brought to the model's resolution (zoom ``input mpp / model mpp``, folded
+into the working-scale resize), the whole pipeline, post-processing included (its areas are
+pixels at the model's resolution), runs there, and the labels come back at the input's
+size by nearest neighbour (ids kept). Resolutions within 1 % of the model's are not
+resampled. Optional stain normalisation (``stain_norm``: ``macenko`` or ``reinhard``,
+:mod:`glandseg.data.stain`) maps the image's colours to the GlaS reference first.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,6 +36,46 @@ log = logging.getLogger(__name__)
 
 #: Tiling settings (pixels at the model's working scale), checked on construction.
 TileConfig = Tiling
+#: An input resolution within this relative difference of the model's is not resampled.
+MPP_TOLERANCE = 0.01
+
+
+def model_size(shape: tuple[int, int], zoom: float) -> tuple[int, int]:
+    """``(H, W)`` of an input → its size at the model's resolution (``zoom`` = input µm/px
+    over model µm/px), each side at least 1 px."""
+    return max(1, round(shape[0] * zoom)), max(1, round(shape[1] * zoom))
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image ``(h, w)`` (integers, 0 = background) to
+    ``shape = (H, W)``: pixel centres are mapped, ids are kept (never relabelled)."""
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    H, W = int(shape[0]), int(shape[1])
+    if (h, w) == (H, W):
+        return labels
+    ri = np.minimum(((np.arange(H) + 0.5) * (h / H)).astype(np.int64), h - 1)
+    ci = np.minimum(((np.arange(W) + 0.5) * (w / W)).astype(np.int64), w - 1)
+    return labels[ri[:, None], ci[None, :]]
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``uint8 (H, W, 3)`` → ``uint8 (*shape, 3)``, bilinear with antialiasing."""
+    if tuple(image.shape[:2]) == tuple(shape):
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    x = F.interpolate(x[None], size=tuple(shape), mode="bilinear", antialias=True,
+                      align_corners=False)[0]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def check_mpp(mpp: object, what: str = "mpp") -> float:
+    """A resolution in µm per pixel: a finite number > 0 (else :class:`GlandsegError`)."""
+    ok = isinstance(mpp, int | float) and not isinstance(mpp, bool)
+    if not (ok and math.isfinite(float(mpp)) and float(mpp) > 0):
+        raise GlandsegError(f"{what} must be a positive number of micrometres per pixel, "
+                            f"got {mpp!r}; e.g. 0.25 for a 40x scan, 0.5 for 20x")
+    return float(mpp)
 
 
 def _mps_available() -> bool:
@@ -86,15 +137,19 @@ class Predictor:
     Parameters: ``model`` (eval mode), ``config`` (a :class:`ModelConfig`, or a config dict:
     checked, and the ``model`` key may then be missing or name a network built elsewhere),
     ``device``, ``tta`` (average over horizontal/vertical flips), ``tiling``
-    (:class:`TileConfig`, default: the config's).
+    (:class:`TileConfig`, default: the config's), ``input_mpp`` (µm/px of the images given
+    without ``mpp=``; ``None``: the model's, no rescaling), ``stain_norm`` (``None``,
+    ``"macenko"`` or ``"reinhard"``).
 
     Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
-    ``task``, ``scale``, ``mean``/``std`` (``float32 (3, 1, 1)``), ``tiling``, ``stride``.
+    ``task``, ``scale``, ``mpp`` (the model's µm/px), ``mean``/``std``
+    (``float32 (3, 1, 1)``), ``tiling``, ``stride``, ``input_mpp``, ``stain_norm``.
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig | dict,
                  device: str | torch.device = "cpu", tta: bool = False,
-                 tiling: TileConfig | None = None) -> None:
+                 tiling: TileConfig | None = None, input_mpp: float | None = None,
+                 stain_norm: str | None = None) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(
@@ -108,6 +163,64 @@ class Predictor:
         self.tta = tta
         self.tiling = tiling or mc.tiling
         self.stride = int(getattr(model, "stride", 32))
+        self.mpp = mc.mpp
+        self.input_mpp = None if input_mpp is None else check_mpp(input_mpp, "input_mpp")
+        self._normalizer = None
+        self.stain_norm = stain_norm
+        self._assumed_logged = False
+
+    @property
+    def stain_norm(self) -> str | None:
+        """``None``, ``"macenko"`` or ``"reinhard"``: stain normalisation before prediction."""
+        return None if self._normalizer is None else self._normalizer.method
+
+    @stain_norm.setter
+    def stain_norm(self, method: str | None) -> None:
+        if method is None:
+            self._normalizer = None
+            return
+        from glandseg.data.stain import StainNormalizer
+
+        self._normalizer = StainNormalizer(method)
+
+    # -- resolution -----------------------------------------------------------------
+    def zoom(self, mpp: float | None = None) -> float:
+        """Input px per model px for an image of ``mpp`` µm/px (default ``input_mpp``;
+        ``None`` for both: 1). Within :data:`MPP_TOLERANCE` of the model's: exactly 1."""
+        m = self.input_mpp if mpp is None else check_mpp(mpp)
+        if m is None:
+            return 1.0
+        z = m / self.mpp
+        return 1.0 if abs(z - 1.0) <= MPP_TOLERANCE else z
+
+    def resolution_of(self, path: str | os.PathLike, mpp: float | None = None) -> float:
+        """The µm/px of the image file ``path``: ``mpp`` if given, else ``input_mpp``, else
+        its metadata (:func:`glandseg.data.io.read_mpp`), else the model's, which is then
+        logged (once per predictor) as an assumption."""
+        if mpp is not None:
+            return check_mpp(mpp)
+        if self.input_mpp is not None:
+            return self.input_mpp
+        from glandseg.data.io import read_mpp
+
+        found, source = read_mpp(path)
+        if found is not None:
+            log.info("%s: %.4g µm/px (from %s)", path, found, source)
+            return found
+        if not self._assumed_logged:
+            self._assumed_logged = True
+            log.warning("%s: resolution unknown (%s): assuming the model's %.4g µm/px "
+                        "(GlaS: 20x); for other scans pass --input-mpp (e.g. 0.25 for 40x). "
+                        "Said once for all images of unknown resolution.",
+                        path, source, self.mpp)
+        else:
+            log.debug("%s: resolution unknown (%s): assuming %.4g µm/px", path, source,
+                      self.mpp)
+        return self.mpp
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        """Stain-normalise ``uint8 (H, W, 3)`` if asked (else the image itself)."""
+        return image if self._normalizer is None else self._normalizer(image)
 
     @classmethod
     def from_name(cls, spec: str, device: str | torch.device = "auto", **kw) -> Predictor:
@@ -119,11 +232,14 @@ class Predictor:
         return cls(model, cfg, dev, **kw)
 
     # -- dense models ---------------------------------------------------------------
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+    def _to_tensor(self, image: np.ndarray, scale: float | None = None) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` → normalised ``float32 (3, h, w)`` at ``scale`` (default:
+        the working scale)."""
+        scale = self.scale if scale is None else scale
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-        if self.scale != 1.0:
+        if scale != 1.0:
             h, w = x.shape[-2:]
-            size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
             x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True,
                               align_corners=False)[0]
         return (x - self.mean) / self.std
@@ -145,12 +261,18 @@ class Predictor:
             acc = p if acc is None else acc + p
         return (acc / len(flips))[..., :h, :w].float().cpu()
 
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """``uint8 (H, W, 3)`` → ``float32 (C, H, W)`` probabilities at the input resolution."""
+    def predict_proba(self, image: np.ndarray, mpp: float | None = None) -> np.ndarray:
+        """``uint8 (H, W, 3)`` → ``float32 (C, H, W)`` probabilities at the input resolution.
+        ``mpp``: the image's µm/px (default ``input_mpp``, else the model's)."""
         if self.task == "instances":
             raise ValueError("an instance model gives labels, not probability maps: use predict()")
         H, W = image.shape[:2]
-        x = self._to_tensor(image)
+        return self._dense(self._prepare(image), self.zoom(mpp), (H, W)).numpy()
+
+    def _dense(self, image: np.ndarray, zoom: float, out: tuple[int, int]) -> torch.Tensor:
+        """Probabilities ``float32 (C, *out)`` of ``image`` (already stain-normalised) seen
+        at ``zoom`` x its resolution (the model's), resampled to ``out`` (bilinear)."""
+        x = self._to_tensor(image, self.scale * zoom)
         h, w = x.shape[-2:]
         t = self.tiling
         if h <= t.tile and w <= t.tile:
@@ -165,16 +287,17 @@ class Predictor:
             for i in range(0, len(coords), t.batch_size):
                 chunk = coords[i:i + t.batch_size]
                 batch = torch.stack([x[:, y:y + th, xx:xx + tw] for y, xx in chunk])
-                out = self._forward(batch)
+                out_b = self._forward(batch)
                 if probs is None:
-                    probs = torch.zeros(out.shape[1], h, w)
-                for (y, xx), p in zip(chunk, out, strict=True):
+                    probs = torch.zeros(out_b.shape[1], h, w)
+                for (y, xx), p in zip(chunk, out_b, strict=True):
                     probs[:, y:y + th, xx:xx + tw] += p * win
                     norm[y:y + th, xx:xx + tw] += win
             probs /= norm.clamp(min=1e-6)
-        if (h, w) != (H, W):
-            probs = F.interpolate(probs[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-        return probs.numpy().astype(np.float32)
+        if (h, w) != tuple(out):
+            probs = F.interpolate(probs[None], size=tuple(out), mode="bilinear",
+                                  align_corners=False)[0]
+        return probs.float()
 
     # -- all models -----------------------------------------------------------------
     def postprocess(self, probs: np.ndarray, params: Mapping | None = None) -> np.ndarray:
@@ -186,12 +309,35 @@ class Predictor:
             post = post.updated(params)
         return probs_to_labels(probs, self.task, post)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """``uint8 (H, W, 3)`` → instance labels ``int32 (H, W)``, 0 = background."""
+    def predict(self, image: np.ndarray, mpp: float | None = None) -> np.ndarray:
+        """``uint8 (H, W, 3)`` → instance labels ``int32 (H, W)``, 0 = background.
+
+        ``mpp``: the image's µm/px (default ``input_mpp``, else the model's): the image is
+        segmented at the model's resolution and the labels resized back (module doc)."""
+        return self.predict_with_proba(image, mpp, proba=False)[0]
+
+    def predict_with_proba(self, image: np.ndarray, mpp: float | None = None,
+                           proba: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(labels int32 (H, W), probabilities float32 (C, H, W) or None)`` of one image at
+        its own resolution ``mpp`` (see :meth:`predict`); the probabilities (dense models,
+        ``proba=True``) are those the labels were post-processed from, resampled to the
+        input. Instance models give ``None``."""
+        H, W = image.shape[:2]
+        zoom = self.zoom(mpp)
+        image = self._prepare(image)
+        size = model_size((H, W), zoom) if zoom != 1.0 else (H, W)
         if self.task == "instances":
             from glandseg.infer.instances import predict_instances
 
-            return predict_instances(self, image)
-        return self.postprocess(self.predict_proba(image))
+            labels = predict_instances(self, resize_image(image, size))
+            return resize_labels(labels, (H, W)), None
+        probs = self._dense(image, zoom, size)
+        labels = resize_labels(self.postprocess(probs.numpy()), (H, W))
+        if not proba:
+            return labels, None
+        if size != (H, W):
+            probs = F.interpolate(probs[None], size=(H, W), mode="bilinear",
+                                  align_corners=False)[0]
+        return labels, probs.numpy()
 
     __call__ = predict

@@ -4,7 +4,7 @@ A config file (``config.json`` of a run, ``glandseg/weights/NAME.json`` of a bun
 is a JSON object::
 
     {"model": "unet-lite0", "task": "contour", "model_args": {...},
-     "preprocess": {"scale": 0.5, "mean": [r, g, b], "std": [r, g, b]},
+     "preprocess": {"mpp": 0.62005, "scale": 0.5, "mean": [r, g, b], "std": [r, g, b]},
      "tiling": {"tile": 512, "overlap": 96, "batch_size": 2},
      "postprocess": {...thresholds of the task...},
      "train": {...}, "validation": {...}, "model_card": {...}}
@@ -39,6 +39,10 @@ METADATA_KEYS = ("train", "validation", "model_card", "provenance", "evaluation"
 
 TILE_MIN, TILE_MAX = 64, 8192
 SCALE_MIN, SCALE_MAX = 0.05, 4.0
+#: Resolution (µm/px) of GlaS (20x objective): the default resolution of every model.
+GLAS_MPP = 0.62005
+#: Accepted model resolutions, µm/px (a 100x objective is ~0.1; a 1.25x overview ~8).
+MPP_MIN, MPP_MAX = 0.01, 100.0
 MAX_AREA = 10**8  # px: larger than any histology tile glandseg reads whole
 
 
@@ -118,26 +122,32 @@ def _fmt(x: float) -> str:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an RGB image ``uint8 (H, W, 3)`` is fed to the model: resized by ``scale``
-    (the working scale), divided by 255, then ``(x - mean) / std`` per channel (R, G, B)."""
+    """How an RGB image ``uint8 (H, W, 3)`` is fed to the model: first brought to ``mpp``
+    (µm per pixel: the resolution of the images the model was trained on, GlaS 0.62005),
+    then resized by ``scale`` (the working scale), divided by 255, then
+    ``(x - mean) / std`` per channel (R, G, B). Post-processing thresholds (areas in px)
+    are in pixels at ``mpp``."""
 
     scale: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    mpp: float = GLAS_MPP
 
     @classmethod
     def from_dict(cls, raw: Mapping, where: str = "preprocess") -> Preprocess:
-        check_keys(where, "preprocess", raw, ("scale", "mean", "std"))
+        check_keys(where, "preprocess", raw, ("mpp", "scale", "mean", "std"))
         for k in ("scale", "mean", "std"):
             if k not in raw:
                 raise config_error(where, f"'preprocess.{k}' is missing")
         scale = check_number(where, "preprocess.scale", raw["scale"], SCALE_MIN, SCALE_MAX)
         mean = _triple(where, "preprocess.mean", raw["mean"], 0.0, 1.0, lo_open=False)
         std = _triple(where, "preprocess.std", raw["std"], 0.0, 10.0, lo_open=True)
-        return cls(scale, mean, std)
+        mpp = check_number(where, "preprocess.mpp", raw.get("mpp", GLAS_MPP), MPP_MIN, MPP_MAX)
+        return cls(scale, mean, std, mpp)
 
     def as_dict(self) -> dict:
-        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+        return {"mpp": self.mpp, "scale": self.scale, "mean": list(self.mean),
+                "std": list(self.std)}
 
 
 def _triple(where: str, key: str, value: object, lo: float, hi: float, *, lo_open: bool
@@ -373,6 +383,12 @@ class ModelConfig:
                  postprocess=self.postprocess.as_dict())
         d.update(copy.deepcopy(dict(self.metadata)))
         return d
+
+    @property
+    def mpp(self) -> float:
+        """The model's resolution in µm per pixel (``preprocess.mpp``): inputs are rescaled
+        to it before prediction."""
+        return self.preprocess.mpp
 
     def with_postprocess(self, params: Mapping) -> ModelConfig:
         """A copy whose post-processing has ``params`` replaced (checked)."""

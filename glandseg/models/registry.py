@@ -1,14 +1,15 @@
 """One registry of model names → builders, default configurations and bundled weights.
 
 A *model config* (:class:`glandseg.models.config.ModelConfig`; as JSON ``{"model": NAME,
-"model_args": {...}, "task": "contour"|"binary"|"instances", "preprocess": {"scale", "mean",
-"std"}, "tiling": {...}, "postprocess": {...}, ...}``) fully describes how to rebuild, feed
+"model_args": {...}, "task": "contour"|"binary"|"instances", "preprocess": {"mpp", "scale",
+"mean", "std"}, "tiling": {...}, "postprocess": {...}, ...}``) fully describes how to rebuild, feed
 and post-process a model. This module holds, per architecture, the one set of defaults of
 ``model_args``, ``task`` and ``preprocess`` (and tiling where it differs from
 :class:`~glandseg.models.config.Tiling`'s) and the check of ``model_args`` (keys, ranges,
 fit with the task), run before anything is allocated.
 Named architectures: ``unet``, ``unet-lite0``, ``maskrcnn``, ``maskrcnn-lite0``;
 bundled trained models: ``glas-unet``, ``glas-maskrcnn`` (``glandseg/weights/NAME.*``).
+Every architecture's default resolution (``preprocess.mpp``) is GlaS's, 0.62005 µm/px.
 Importing it does not import torch.
 """
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from glandseg import GlandsegError
 from glandseg.models.config import (
+    GLAS_MPP,
     POSTPROCESS,
     ModelConfig,
     Tiling,
@@ -197,19 +199,22 @@ def _build_maskrcnn(cfg: dict, pretrained: bool) -> nn.Module:
 register("unet", {
     "model_args": {"width": 64, "out_channels": 1, "batch_norm": False},
     "task": "binary",
-    "preprocess": {"scale": 0.5, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+    "preprocess": {"mpp": GLAS_MPP, "scale": 0.5, "mean": list(IMAGENET_MEAN),
+                   "std": list(IMAGENET_STD)},
 }, "the study's U-Net (Ronneberger 2015): 4 levels 64→1024, sigmoid output, BCE",
     _check_unet, ("binary", "contour"))(lambda cfg, pretrained=False: _build_unet(cfg))
 register("unet-lite0", {
     "model_args": {"encoder": "lite0", "out_channels": 3, "decoder_channels": [128, 64, 48, 32, 16]},
     "task": "contour",
-    "preprocess": {"scale": 0.5, "mean": list(LITE_MEAN), "std": list(LITE_STD)},
+    "preprocess": {"mpp": GLAS_MPP, "scale": 0.5, "mean": list(LITE_MEAN),
+                   "std": list(LITE_STD)},
 }, "U-Net decoder on ImageNet EfficientNet-Lite0, interior/boundary target + watershed",
     _check_unet_lite)(_build_unet_lite)
 register("maskrcnn", {
     "model_args": {"backbone": "resnet50", "pretrained_source": "coco", "box_detections_per_img": 256},
     "task": "instances",
-    "preprocess": {"scale": 1.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+    "preprocess": {"mpp": GLAS_MPP, "scale": 1.0, "mean": list(IMAGENET_MEAN),
+                   "std": list(IMAGENET_STD)},
     # full resolution: a whole GlaS image (at most 775 × 522) is one tile
     "tiling": {"tile": 800, "overlap": 160, "batch_size": 1},
 }, "torchvision Mask R-CNN, ResNet-50-FPN (the study's second model)",
@@ -219,7 +224,8 @@ register("maskrcnn-lite0", {
                    "box_representation": 512, "mask_channels": 128, "head_norm": "group",
                    "box_batch_size_per_image": 256, "anchor_sizes": [24, 48, 96, 192, 384]},
     "task": "instances",
-    "preprocess": {"scale": 0.5, "mean": list(LITE_MEAN), "std": list(LITE_STD)},
+    "preprocess": {"mpp": GLAS_MPP, "scale": 0.5, "mean": list(LITE_MEAN),
+                   "std": list(LITE_STD)},
 }, "Mask R-CNN on an ImageNet EfficientNet-Lite0 FPN backbone (trains offline)",
     _check_maskrcnn)(_build_maskrcnn)
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from glandseg import GlandsegError, __version__
-from glandseg.data.io import IMAGE_EXTS, read_image, write_text
+from glandseg.data.io import IMAGE_EXTS, read_image, read_mpp, write_text
 from glandseg.data.slide import SLIDE_EXTS, is_large
 
 if TYPE_CHECKING:  # the predictor is only called, never built, here
@@ -422,6 +422,16 @@ class PredictReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+def input_resolution(predictor: Any, path: Path, mpp: float | None) -> float:
+    """µm/px of the input ``path``: ``mpp`` if given, else the predictor's rule
+    (:meth:`Predictor.resolution_of`: ``input_mpp``, file metadata, else the model's, said
+    once); for a predictor without one: the file's metadata, else GlaS's 0.62005."""
+    rule = getattr(predictor, "resolution_of", None)
+    if rule is not None:
+        return rule(path, mpp)
+    return mpp if mpp is not None else (read_mpp(path)[0] or GLAS_MPP)
+
+
 def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mode: str,
                    progress: bool) -> int | None:
     """One whole slide or large image → its outputs (:mod:`glandseg.infer.slide`); the
@@ -443,11 +453,14 @@ def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mod
 
 
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
-                  mpp: float | None = GLAS_MPP, mode: str = "refuse",
+                  mpp: float | None = None, mode: str = "refuse",
                   progress: bool = True) -> PredictReport:
     """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
 
-    ``predictor``: anything with ``predict(uint8 (H, W, 3)) -> (H, W)`` integer labels.
+    ``predictor``: a :class:`Predictor` (called ``predict(image, mpp=...)``: segmented at
+    the model's resolution, labels at the input's), or anything with
+    ``predict(uint8 (H, W, 3)) -> (H, W)`` integer labels. ``mpp``: the inputs' µm/px
+    (default: per image, :func:`input_resolution`); the µm columns of ``glands.csv`` use it.
     ``mode``: ``"refuse"`` / ``"overwrite"`` / ``"skip"`` existing outputs of ours.
     ``progress``: a per-image bar on stderr (shown on a terminal only).
     Raises :class:`GlandsegError` before writing anything if the run would overwrite an
@@ -471,8 +484,12 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
                 report.n_glands += n or 0
                 continue
             image = read_image(path)
-            labels = predictor.predict(image)
-            if not commit_image(out, path.stem, path, image, labels, mpp, mode):
+            mpp_i = input_resolution(predictor, path, mpp)
+            if hasattr(predictor, "resolution_of"):
+                labels = predictor.predict(image, mpp=mpp_i)
+            else:
+                labels = predictor.predict(image)
+            if not commit_image(out, path.stem, path, image, labels, mpp_i, mode):
                 report.n_skipped += 1
                 continue
         except GlandsegError as exc:

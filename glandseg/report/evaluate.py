@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from glandseg import GlandsegError
 from glandseg.data.discover import discover
-from glandseg.data.io import read_image, read_label, write_label, write_text
+from glandseg.data.io import read_image, read_label, read_mpp, write_label, write_text
 from glandseg.infer.predictor import Predictor
+from glandseg.models.config import GLAS_MPP
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,10 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
     dense = predictor.task != "instances"
     for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
         image, truth = read_image(s.image), read_label(s.anno, what="annotation")
-        if dense:
-            probs = predictor.predict_proba(image)
-            labels = predictor.postprocess(probs)
-            prob = foreground_probability(probs, predictor.task)
-        else:
-            labels, prob = predictor.predict(image), None
+        # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
+        mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
+        labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
+        prob = foreground_probability(probs, predictor.task) if dense else None
         write_label(out / "predictions" / f"{s.name}.png", labels)
         results += evaluate_pairs([(s.name, labels, truth, prob)])
         split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)

@@ -205,6 +205,8 @@ def test_bundled_configs_load_and_round_trip(name: str) -> None:
     mc = load_config(WEIGHTS / f"{name}.json")
     assert mc.model == raw["model"] and mc.task == raw["task"]
     d = mc.to_dict()
+    # a config without the resolution (written before it existed) gets GlaS's
+    raw["preprocess"].setdefault("mpp", 0.62005)
     for k in ("model_card", "validation", "train", "preprocess", "postprocess"):
         assert json.dumps(d[k], sort_keys=True) == json.dumps(raw[k], sort_keys=True), k
     assert {k: d["model_args"][k] for k in raw["model_args"]} == raw["model_args"]
