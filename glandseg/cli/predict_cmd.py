@@ -68,9 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "rows of every image whose outputs are in --out (runs into one folder "
                     "merge, also concurrent ones). Never overwrites an input or a file "
                     "glandseg did not write (records in --out/.glandseg/); outputs of an "
-                    "earlier run are refused unless --overwrite or --skip-existing.",
+                    "earlier run are refused unless --overwrite or --skip-existing. A whole "
+                    "slide (.svs, .ndpi, .mrxs, ... with OpenSlide; pyramidal TIFF) or an "
+                    "image over 4096² px is read by region at the model's resolution, tissue "
+                    "only, resuming an interrupted run from its finished windows: "
+                    "<stem>.tif (tiled pyramidal label TIFF) instead of the PNG and a "
+                    "downsampled overlay.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image or slide files, folders or globs")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float_in(*MPP_RANGE, what="micrometres per pixel"),
                    default=None, dest="deprecated_mpp", metavar="UM_PER_PX",
