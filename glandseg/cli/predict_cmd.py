@@ -87,6 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     again.add_argument("--skip-existing", action="store_true",
                        help="keep images whose outputs are all in --out already (resume a "
                             "large batch) and segment only the others")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--dask-scheduler", metavar="ADDRESS", default=None,
+                       help="run the windows of whole slides as tasks on this Dask scheduler "
+                            "(e.g. tcp://host:8786); the workers must see the inputs and "
+                            "--out (needs: pip install 'glandseg[dask]')")
+    scale.add_argument("--workers", type=int_in(1, 256), default=None, metavar="N",
+                       help="run the windows of whole slides on a local Dask cluster of N "
+                            "worker processes (results identical to a serial run)")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -114,8 +122,12 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     plan_outputs(paths, args.out, mode)  # refuse before loading the model
     pred = make_predictor(args)
-    rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,
-                        progress=not getattr(args, "quiet", False))
+    from glandseg.infer.slide import dask_client
+
+    with dask_client(getattr(args, "dask_scheduler", None),
+                     getattr(args, "workers", None)) as client:
+        rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,
+                            progress=not getattr(args, "quiet", False), client=client)
     skipped = f", {rep.n_skipped} skipped (outputs present)" if rep.n_skipped else ""
     print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "
           f"(glands.csv: {rep.n_rows} row(s))")

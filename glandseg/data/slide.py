@@ -168,14 +168,14 @@ class Slide:
 
     def thumbnail(self, max_side: int = 2048, block: int = 4096) -> tuple[np.ndarray, float]:
         """``(uint8 (h, w, 3), zoom)``: the whole image with its longer side ``max_side``
-        (never upscaled), read in blocks of at most ``block``² level-0 px."""
+        (never upscaled), from the best level, read in blocks of at most ``block``² px of
+        that level (memory stays bounded when the only level is a huge level 0)."""
         H, W = self.shape
         zoom = min(1.0, max_side / max(H, W))
         h, w = max(1, round(H * zoom)), max(1, round(W * zoom))
         out = np.empty((h, w, 3), np.uint8)
-        step = max(16, int(block * zoom))
-        if self.pyramidal:  # a low level is small: one read
-            step = max(h, w)
+        d = min(self.downsample(self.best_level(zoom)))  # level px per output px: 1/(zoom d)
+        step = max(16, int(block * zoom * d))
         for y in range(0, h, step):
             for x in range(0, w, step):
                 bh, bw = min(step, h - y), min(step, w - x)

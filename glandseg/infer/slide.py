@@ -34,6 +34,7 @@ of the slide; there is never a full-resolution canvas.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -285,15 +286,30 @@ class SlideLabels:
         return out
 
     def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Labels at frame indices ``rows (h,)`` x ``cols (w,)`` (sorted, non-decreasing):
-        ``uint32 (h, w)`` (nearest-neighbour resampling for other resolutions)."""
+        """Labels at frame indices ``rows (h,)`` x ``cols (w,)`` (each non-decreasing):
+        ``uint32 (h, w)`` (nearest-neighbour resampling for other resolutions). Read core
+        by core, so a coarse grid over the whole slide never builds the full frame."""
         rows = np.clip(np.asarray(rows, np.int64), 0, self.frame[0] - 1)
         cols = np.clip(np.asarray(cols, np.int64), 0, self.frame[1] - 1)
+        out = np.zeros((rows.size, cols.size), np.uint32)
         if rows.size == 0 or cols.size == 0:
-            return np.zeros((rows.size, cols.size), np.uint32)
-        y0, x0 = int(rows[0]), int(cols[0])
-        reg = self.region(y0, x0, int(rows[-1]) + 1, int(cols[-1]) + 1)
-        return reg[(rows - y0)[:, None], (cols - x0)[None, :]]
+            return out
+        c = self.core
+        ncols = math.ceil(self.frame[1] / c)
+        rb, cb = rows // c, cols // c
+        for r in np.unique(rb).tolist():
+            r0, r1 = np.searchsorted(rb, r), np.searchsorted(rb, r, side="right")
+            for col in np.unique(cb).tolist():
+                c0, c1 = np.searchsorted(cb, col), np.searchsorted(cb, col, side="right")
+                i = r * ncols + col
+                lut = self.luts.get(i)
+                if lut is None:
+                    continue
+                w = self.windows[i]
+                labels = self.store.get(i)
+                sub = labels[(rows[r0:r1] - w.ext[0])[:, None], (cols[c0:c1] - w.ext[1])[None, :]]
+                out[r0:r1, c0:c1] = lut[sub]
+        return out
 
     def level0(self, y: int, x: int, h: int, w: int, down: float = 1.0) -> np.ndarray:
         """Labels ``uint32 (h, w)`` of the slide at ``down`` level-0 px per px (1 = the
@@ -377,15 +393,99 @@ def _active(windows: list[Window], tissue: np.ndarray | None, tz: float, zoom: f
     return out
 
 
+def _predict_window(predictor, slide: Slide, zoom: float, w: Window, path: Path) -> None:
+    """Read one window at the model's resolution, segment it, save its labels to ``path``."""
+    y0, x0, y1, x1 = w.ext
+    image = slide.read_at(zoom, y0, x0, y1 - y0, x1 - x0)
+    labels = predictor.predict(image, mpp=_model_mpp(predictor))
+    _save_labels(path, np.asarray(labels))
+
+
+def predict_window_batch(predictor, slide_path: str, zoom: float, windows: list[Window],
+                         cache: str, threads: int | None = None) -> int:
+    """One task of a distributed run (a Dask worker or a process pool): segment
+    ``windows`` of the slide at ``slide_path`` into the cache folder ``cache`` (windows
+    already there are skipped, so a task may safely run twice). ``threads``: torch threads
+    in this worker. Returns the number of windows predicted."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    n = 0
+    with open_slide(slide_path) as slide:
+        for w in windows:
+            path = Path(cache) / f"{w.name}.npz"
+            if not path.is_file():
+                _predict_window(predictor, slide, zoom, w, path)
+                n += 1
+    return n
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, workers: int | None = None
+                ) -> Iterator[object | None]:
+    """A Dask ``distributed.Client`` for :func:`predict_slide`: connected to the scheduler
+    at ``scheduler`` (e.g. ``tcp://host:8786``), else on a ``LocalCluster`` of ``workers``
+    processes (one torch thread each when they share this machine's cores); ``None`` (run
+    here) when neither is given. Raises :class:`GlandsegError` when Dask is missing or
+    the scheduler cannot be reached."""
+    if scheduler is None and not workers:
+        yield None
+        return
+    try:
+        import distributed
+    except ImportError as exc:
+        raise GlandsegError("--dask-scheduler/--workers need Dask: pip install "
+                            "'glandseg[dask]' (dask, distributed)") from exc
+    if scheduler is not None:
+        try:
+            client = distributed.Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise GlandsegError(f"--dask-scheduler {scheduler}: cannot connect ({exc}); "
+                                "start `dask scheduler` there or check the address") from exc
+        with client:
+            yield client
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, env=env) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def _is_dask(client) -> bool:
+    return type(client).__module__.split(".")[0] == "distributed"
+
+
 def _predict_windows(predictor, slide: Slide, zoom: float, todo: list[Window], store:
-                     _WindowStore, bar) -> None:
-    mpp = _model_mpp(predictor)
-    for w in todo:
-        y0, x0, y1, x1 = w.ext
-        image = slide.read_at(zoom, y0, x0, y1 - y0, x1 - x0)
-        labels = predictor.predict(image, mpp=mpp)
-        _save_labels(store.path(w.index), np.asarray(labels))
-        bar.update(1)
+                     _WindowStore, bar, client=None, batch: int = 4,
+                     threads: int | None = None) -> None:
+    """Segment ``todo`` into the cache: here, or as tasks of ``client`` (a Dask
+    ``distributed.Client`` or a ``concurrent.futures`` executor) of ``batch`` windows each."""
+    if client is None:
+        for w in todo:
+            _predict_window(predictor, slide, zoom, w, store.path(w.index))
+            bar.update(1)
+        return
+    if _is_dask(client):
+        from distributed import as_completed
+
+        shared = client.scatter(predictor, broadcast=True)
+        submit = lambda *a: client.submit(predict_window_batch, *a, pure=False)  # noqa: E731
+    else:
+        from concurrent.futures import as_completed
+
+        shared = predictor
+        submit = lambda *a: client.submit(predict_window_batch, *a)  # noqa: E731
+    futures = {}
+    for i in range(0, len(todo), batch):
+        chunk = todo[i:i + batch]
+        f = submit(shared, str(slide.path), zoom, chunk, str(store.folder), threads)
+        futures[f] = len(chunk)
+    for f in as_completed(list(futures)):
+        f.result()  # re-raises a worker's error here
+        bar.update(futures[f])
 
 
 def _match(a: np.ndarray, b: np.ndarray, iou_min: float
@@ -493,7 +593,8 @@ def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
 
 def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | os.PathLike,
                   input_mpp: float | None = None, config: SlideConfig | None = None,
-                  progress: bool = True) -> SlideLabels:
+                  progress: bool = True, client=None, threads: int | None = None
+                  ) -> SlideLabels:
     """Segment a whole slide or large image (see the module doc) → :class:`SlideLabels`.
 
     ``predictor``: a :class:`~glandseg.infer.predictor.Predictor` (dense or instance
@@ -501,6 +602,11 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     :func:`~glandseg.data.slide.open_slide`; it must stay open while the result is read);
     ``work_dir``: folder of the resumable window cache (a sub-folder per slide/model/settings
     key); ``input_mpp``: the slide's level-0 µm/px if known better than its metadata.
+    ``client``: run the windows as tasks (batches of 4) on a Dask ``distributed.Client``
+    (or a ``concurrent.futures`` executor); the workers must see the slide and
+    ``work_dir`` (one machine, or a shared filesystem). The result is identical to the
+    serial run (each window is computed alone; stitching stays here). ``threads``: torch
+    threads per task.
     """
     cfg = config or SlideConfig()
     if not isinstance(slide, Slide):
@@ -535,7 +641,8 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     t0 = time.perf_counter()
     with tqdm(total=len(active), initial=stats.resumed, unit="win", desc=slide.path.stem,
               disable=None if progress else True, smoothing=0.1) as bar:
-        _predict_windows(predictor, slide, zoom, todo, store, bar)
+        _predict_windows(predictor, slide, zoom, todo, store, bar, client=client,
+                         threads=threads)
     stats.predict_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     min_area = int(getattr(predictor.model_config.postprocess, "min_area", 0) or 0)

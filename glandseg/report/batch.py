@@ -433,7 +433,7 @@ def input_resolution(predictor: Any, path: Path, mpp: float | None) -> float:
 
 
 def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mode: str,
-                   progress: bool) -> int | None:
+                   progress: bool, client=None) -> int | None:
     """One whole slide or large image → its outputs (:mod:`glandseg.infer.slide`); the
     number of glands, or ``None`` if complete outputs appeared meanwhile (``mode="skip"``).
     The window cache is removed once the outputs are committed."""
@@ -442,7 +442,7 @@ def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mod
 
     with open_slide(path) as slide:
         result = predict_slide(predictor, slide, out / STATE_DIR / "slides" / path.stem,
-                               input_mpp=mpp, progress=progress)
+                               input_mpp=mpp, progress=progress, client=client)
         if not commit_image(out, path.stem, path, None, None, result.mpp, mode, slide=result):
             return None
     result.remove_cache()
@@ -454,7 +454,7 @@ def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mod
 
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
                   mpp: float | None = None, mode: str = "refuse",
-                  progress: bool = True) -> PredictReport:
+                  progress: bool = True, client=None) -> PredictReport:
     """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
 
     ``predictor``: a :class:`Predictor` (called ``predict(image, mpp=...)``: segmented at
@@ -463,6 +463,8 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     (default: per image, :func:`input_resolution`); the µm columns of ``glands.csv`` use it.
     ``mode``: ``"refuse"`` / ``"overwrite"`` / ``"skip"`` existing outputs of ours.
     ``progress``: a per-image bar on stderr (shown on a terminal only).
+    ``client``: a Dask ``distributed.Client`` (or ``concurrent.futures`` executor) on which
+    the windows of whole slides run as tasks (:func:`glandseg.infer.slide.predict_slide`).
     Raises :class:`GlandsegError` before writing anything if the run would overwrite an
     input or a file glandseg did not write (:func:`plan_outputs`).
     """
@@ -478,7 +480,7 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     for path in tqdm(todo, desc="predict", unit="img", disable=None if progress else True):
         try:
             if is_large(path):
-                n = _predict_slide(out, path, predictor, mpp, mode, progress)
+                n = _predict_slide(out, path, predictor, mpp, mode, progress, client)
                 report.n_skipped += n is None
                 report.n_ok += n is not None
                 report.n_glands += n or 0

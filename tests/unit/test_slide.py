@@ -155,6 +155,28 @@ def test_read_at_has_one_global_grid(tmp_path: Path, zoom: float) -> None:
         assert np.abs(whole[30, inner, 0] - want[inner]).max() <= 1.5
 
 
+def test_thumbnail_reads_bounded_blocks(tmp_path: Path, monkeypatch) -> None:
+    """Without a pyramid the thumbnail is read block by block (never the whole level 0 at
+    once), and equals the downscaled image."""
+    img = disc_image(600, 800, [(300, 400, 100)], border=50)
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, img, compression="zlib", rowsperstrip=32)
+    sizes = []
+    orig = ds.Slide.read_region
+
+    def spy(self, level, y, x, h, w):
+        sizes.append(h * w)
+        return orig(self, level, y, x, h, w)
+
+    monkeypatch.setattr(ds.Slide, "read_region", spy)
+    with open_slide(path) as s:
+        thumb, zoom = s.thumbnail(max_side=200, block=256)
+    assert thumb.shape == (150, 200, 3) and zoom == pytest.approx(0.25)
+    assert len(sizes) > 4 and max(sizes) <= (256 + 8) ** 2
+    ref = np.asarray(Image.fromarray(img).resize((200, 150), Image.Resampling.BILINEAR))
+    assert np.abs(thumb.astype(int) - ref).mean() < 2
+
+
 def test_large_png_header_and_load_limit(tmp_path: Path, monkeypatch) -> None:
     img = disc_image(90, 120, [(45, 60, 20)])
     path = tmp_path / "big.png"
@@ -392,3 +414,69 @@ def test_glas_slide_agrees_with_whole_image(glas_dir: Path, tmp_path: Path) -> N
     s_slide, s_whole = pooled(lab, truth, True), pooled(whole, truth, True)
     for k in ("f1", "object_dice"):
         assert s_slide[k] >= s_whole[k] - 0.03, (k, s_slide, s_whole)
+
+
+# -- scale-out ------------------------------------------------------------------------------
+
+def test_process_pool_equals_serial(tmp_path: Path) -> None:
+    """Windows as tasks of a process pool (batches of 4): the same labels as the serial
+    run; the tasks write the cache, so a serial re-run predicts nothing."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    img = disc_image(800, 900, SEAM_DISCS)
+    with open_slide(pyramid(tmp_path / "s.tif", img)) as s:
+        ref = predict_slide(stub_predictor(), s, tmp_path / "serial", config=SMALL,
+                            progress=False).region(0, 0, 800, 900)
+        with ProcessPoolExecutor(2) as pool:
+            res = predict_slide(stub_predictor(), s, tmp_path / "pool", config=SMALL,
+                                progress=False, client=pool, threads=1)
+        assert res.stats.predicted == res.stats.active
+        assert np.array_equal(res.region(0, 0, 800, 900), ref)
+        again = predict_slide(Counting(fail=True), s, tmp_path / "pool", config=SMALL,
+                              progress=False)
+        assert np.array_equal(again.region(0, 0, 800, 900), ref)
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_equals_serial(tmp_path: Path, monkeypatch) -> None:
+    """``glandseg predict`` over a folder of slides on a Dask LocalCluster of 2 workers:
+    outputs identical to the serial run's."""
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setattr(isl, "SlideConfig", lambda: SMALL)
+    src = tmp_path / "in"
+    src.mkdir()
+    pyramid(src / "a.tif", disc_image(800, 900, SEAM_DISCS))
+    pyramid(src / "b.tif", disc_image(500, 600, [(250, 256, 60), (100, 400, 30)], seed=3))
+    paths = batch.collect_inputs([str(src)])
+    serial = batch.predict_files(paths, tmp_path / "serial", stub_predictor(), progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        rep = batch.predict_files(paths, tmp_path / "dask", stub_predictor(), progress=False,
+                                  client=client)
+    assert rep.n_ok == serial.n_ok == 2 and rep.n_glands == serial.n_glands
+    for name in ("a.tif", "b.tif", "a.geojson", "b.geojson", "glands.csv"):
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes()
+
+
+@pytest.mark.glas
+def test_cli_predict_slide_with_bundled_model(glas_dir: Path, tmp_path: Path) -> None:
+    """``glandseg predict SLIDE.tif --out DIR`` with the bundled model: one window, the
+    slide outputs and glands.csv rows; ``--workers`` and ``--dask-scheduler`` exclude
+    each other."""
+    from glandseg.cli import main
+    from glandseg.data.io import read_image
+
+    img = read_image(next(glas_dir.glob("train_15.*")))[:400, :600]
+    path = pyramid(tmp_path / "slide.tif", img, mpp=0.62005)
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "--out", str(out), "--device", "cpu"]) == 0
+    assert {"slide.tif", "slide.geojson", "slide_overlay.png", "glands.csv"} <= {
+        p.name for p in out.iterdir()}
+    lab = tifffile.imread(out / "slide.tif")
+    with open(out / "glands.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert lab.shape == (400, 600) and len(rows) == len(np.unique(lab)) - 1 > 0
+    with pytest.raises(SystemExit):
+        main(["predict", str(path), "--out", str(out), "--workers", "2",
+              "--dask-scheduler", "tcp://127.0.0.1:8786"])
