@@ -342,46 +342,53 @@ class Trainer:
     # -- driver ---------------------------------------------------------------------------
     def fit(self) -> Path:
         self.setup_run()
-        self.setup_model()  # first: a missing weights download fails before data loading
-        self.setup_data()
-        self._check_options()
-        stages = self.cfg["train"]["stages"]
-        start_stage = start_epoch = 0
-        if self.tc.resume:
-            # only what checkpoint.json names, checksums verified; leftovers of a killed
-            # commit are deleted and last/best.safetensors republished
-            self.commit = runstate.resume(self.run)
-            runstate.load_weights(self.commit, "last", self.model)
-            start_stage, start_epoch = self.commit.stage, self.commit.epoch
-            self.history, self.best = list(self.commit.history), self.commit.best
-            self.elapsed_before = self.commit.elapsed
-            self.t0 = time.time()
-            self._write_logs()  # metrics.csv may lag the commit when the kill came between
-            log.info("resuming after epoch %d", start_epoch)
-        budget = self.cfg["train"].get("max_minutes")
-        epoch_base = 0
-        try:
-            for si, stage in enumerate(stages):
-                n = stage["epochs"]
-                if epoch_base + n <= start_epoch:
-                    epoch_base += n
-                    continue
-                self.setup_stage(stage)
-                if self.tc.resume and start_epoch > 0:
-                    mid_stage = si == start_stage and start_epoch > epoch_base
-                    runstate.restore_state(self.commit, self.optimizer if mid_stage else None,
-                                           self.scheduler if mid_stage else None, self.scaler,
-                                           self.loader.generator if mid_stage else None)
-                    start_stage = -1  # restore once
-                if self._run_stage(si, stage, epoch_base, start_epoch, budget):
-                    break
-                epoch_base += n
+        try:  # from here on train.log is open: closed whatever happens
+            self.setup_model()  # first: a missing weights download fails before data loading
+            self.setup_data()
+            self._check_options()
+            start_stage, start_epoch = self._resume() if self.tc.resume else (0, 0)
+            self._train_stages(start_stage, start_epoch)
             self.finish()
         finally:
             logging.getLogger("glandseg").removeHandler(self._fh)
             logging.getLogger("glandseg").setLevel(self._old_level)
             self._fh.close()
         return self.run
+
+    def _resume(self) -> tuple[int, int]:
+        """Load the last complete epoch: only what ``checkpoint.json`` names, checksums
+        verified (leftovers of a killed commit are deleted, last/best.safetensors
+        republished). Returns ``(stage, epoch)`` to continue after."""
+        self.commit = runstate.resume(self.run)
+        runstate.load_weights(self.commit, "last", self.model)
+        self.history, self.best = list(self.commit.history), self.commit.best
+        self.elapsed_before = self.commit.elapsed
+        self.t0 = time.time()
+        self._write_logs()  # metrics.csv may lag the commit when the kill came between
+        log.info("resuming after epoch %d", self.commit.epoch)
+        return self.commit.stage, self.commit.epoch
+
+    def _train_stages(self, start_stage: int, start_epoch: int) -> None:
+        """Run the stages' epochs after ``start_epoch`` (optimizer, scheduler and loader
+        RNG restored from the commit when resuming in the middle of a stage)."""
+        budget = self.cfg["train"].get("max_minutes")
+        epoch_base = 0
+        restore = start_epoch > 0
+        for si, stage in enumerate(self.cfg["train"]["stages"]):
+            n = stage["epochs"]
+            if epoch_base + n <= start_epoch:
+                epoch_base += n
+                continue
+            self.setup_stage(stage)
+            if restore:  # once, at the first stage run: RNG always, the rest if mid-stage
+                mid = si == start_stage and start_epoch > epoch_base
+                runstate.restore_state(self.commit, self.optimizer if mid else None,
+                                       self.scheduler if mid else None, self.scaler,
+                                       self.loader.generator if mid else None)
+                restore = False
+            if self._run_stage(si, stage, epoch_base, start_epoch, budget):
+                break
+            epoch_base += n
 
     def _check_options(self) -> None:
         """What only the model and the data can check, as one-line errors before training:

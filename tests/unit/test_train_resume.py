@@ -23,7 +23,7 @@ from glandseg.train.loop import TrainConfig, Trainer, train
 from tests.conftest import make_glas_folder
 
 #: Scripted validation object Dice per epoch: epoch 2 is the best, epoch 3 is not.
-DICE = {1: 0.5, 2: 0.7, 3: 0.6}
+DICE = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65}
 
 
 class Killed(BaseException):
@@ -149,6 +149,50 @@ def test_resume_after_a_kill_at_every_point_of_the_epoch_commit(
         assert leftovers(run) == [], label
 
 
+STAGES = [dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=2, epochs=2,
+               momentum=0.9, schedule="cosine"),
+          dict(optimizer="sgd", lr=1e-2, weight_decay=0.0, batch_size=2, epochs=2,
+               momentum=0.9, schedule="constant")]
+
+
+@pytest.fixture(scope="module")
+def two_stage_reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Final weights of an uninterrupted two-stage run (2 AdamW + 2 SGD epochs)."""
+    mp = pytest.MonkeyPatch()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mp.setattr(Trainer, "validate", scripted_validate)
+        mp.setattr("glandseg.report.figures.training_curves", lambda *a, **k: None)
+        run = train(tiny(data, tmp_path_factory.mktemp("ref2") / "run", stages=STAGES))
+    finally:
+        mp.undo()
+        torch.set_num_threads(n)
+    return load_file(str(run / "last.safetensors"))
+
+
+@pytest.mark.parametrize("killed_after", [1, 2, 3])
+def test_resume_across_stages_is_exact(data: Path, tmp_path: Path, killed_after: int,
+                                       two_stage_reference: dict) -> None:
+    """Killed after epoch 1 (mid stage 1), 2 (end of stage 1) or 3 (mid stage 2): the
+    resumed run ends with the uninterrupted run's weights, bit for bit."""
+    run = tmp_path / "run"
+    commits = iter(range(1, 100))
+
+    def hook(label: str) -> None:
+        if label == "manifest: renamed" and next(commits) == killed_after:
+            raise Killed(label)
+
+    runstate.FAULT = hook
+    with pytest.raises(Killed):
+        train(tiny(data, run, stages=STAGES))
+    runstate.FAULT = None
+    assert runstate.read_commit(run).epoch == killed_after
+    train(TrainConfig(out=str(run), resume=True, device="cpu"))
+    assert epochs(run) == [1, 2, 3, 4]
+    assert same(load_file(str(run / "last.safetensors")), two_stage_reference)
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch: ~10 s on 2 busy cores
 def test_a_real_sigkill_between_files_and_manifest(data: Path, tmp_path: Path) -> None:
     """The process really dies (SIGKILL) after epoch 2's files, before its manifest."""
@@ -192,6 +236,10 @@ def test_resume_refuses_a_damaged_checkpoint(data: Path, tmp_path: Path) -> None
         train(TrainConfig(out=str(run), resume=True, device="cpu"))
     assert str(ei.value).startswith(str(state)) and "\n" not in str(ei.value)
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing written or removed
+    import logging  # and train.log was closed: no handler left on the package logger
+
+    assert not [h for h in logging.getLogger("glandseg").handlers
+                if isinstance(h, logging.FileHandler)]
 
 
 def test_resume_with_a_damaged_config(data: Path, tmp_path: Path) -> None:
