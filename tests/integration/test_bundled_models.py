@@ -110,3 +110,28 @@ def test_bundled_model_reproduces_its_evaluation(model: str, glas_dir: Path) -> 
             hd = float(r["object_hausdorff"])
             assert math.isfinite(got["object_hausdorff"]), what
             assert abs(got["object_hausdorff"] - hd) <= 2 + 0.02 * hd, what
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_full_evaluation_reproduces_the_committed_figures(model: str, glas_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """All 80 test images (minutes): the pooled figures of the committed ``metrics.json``
+    and ``metrics_split_gt.json`` (those the README and the model card quote) come back from
+    the shipped weights. Tolerances as above, summed over a part: pooled counts within two
+    objects, object Dice and F1 within 0.005, object Hausdorff within 2 %."""
+    from glandseg.report.evaluate import evaluate_model
+
+    evaluate_model(load_predictor(model), glas_dir, tmp_path, name=model)
+    for name in ("metrics.json", "metrics_split_gt.json"):
+        got = json.loads((tmp_path / name).read_text(encoding="utf-8"))
+        ref = json.loads((eval_dir(model) / name).read_text(encoding="utf-8"))
+        for part in PARTS:
+            g, r = got[part]["pooled"], ref[part]["pooled"]
+            what = f"{model} {name} {part}: got {g}, committed {r}"
+            assert got[part]["n_images"] == ref[part]["n_images"], what
+            assert g["tp"] + g["fn"] == r["tp"] + r["fn"], what  # same ground truth
+            assert all(abs(g[k] - r[k]) <= 2 for k in ("tp", "fp", "fn")), what
+            assert g["f1"] == pytest.approx(r["f1"], abs=0.005), what
+            assert g["object_dice"] == pytest.approx(r["object_dice"], abs=0.005), what
+            assert g["object_hausdorff"] == pytest.approx(r["object_hausdorff"], rel=0.02), what
