@@ -54,8 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last complete epoch (its own "
                         "settings; only --max-minutes and --device may change)")
-    p.add_argument("--preset", choices=["study"], default=None,
-                   help="the study's recipe (overrides optimizer, lr, weight decay, batch, epochs)")
+    p.add_argument("--preset", choices=["study", "glas-unet-v2", "glas-maskrcnn-v2"],
+                   default=None,
+                   help="a named recipe: its stages override optimizer, lr, weight decay, batch "
+                        "and epochs; its settings (model, scale, crop, tile, repeats, ...) "
+                        "apply where an option is left at its default. study: the 2020 "
+                        "study's; glas-unet-v2 / glas-maskrcnn-v2: the bundled models'")
     p.add_argument("--pretrained", choices=["coco", "imagenet", "none"], default=None,
                    help="initial weights: coco (maskrcnn, torchvision download), imagenet "
                         "(maskrcnn via torchvision; unet-lite0 and maskrcnn-lite0 offline from "
@@ -68,13 +72,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
                    help='JSON of architecture arguments, e.g. \'{"width": 32}\'')
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _defaults={a.dest: a.default for a in p._actions})
 
 
 def run(args: argparse.Namespace) -> int:
     from glandseg import GlandsegError
     from glandseg.train.loop import TrainConfig, train
 
+    if args.preset:
+        _apply_preset(args)
     if args.data is None and not args.resume:
         raise GlandsegError("--data is required: the GlaS folder to train on (or --resume a "
                             "run in --out)")
@@ -111,3 +117,13 @@ def run(args: argparse.Namespace) -> int:
     run_dir = train(tc)
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _apply_preset(args: argparse.Namespace) -> None:
+    """Fill the options left at their defaults from the preset's settings."""
+    from glandseg.train.presets import preset_settings
+
+    defaults = getattr(args, "_defaults", {})
+    for key, value in preset_settings(args.preset).items():
+        if hasattr(args, key) and getattr(args, key) == defaults.get(key):
+            setattr(args, key, value)
