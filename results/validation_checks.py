@@ -1,5 +1,9 @@
 """Validation-only checks of the GPU candidates: TTA on/off for the chosen U-Net, and the
-Mask R-CNN post-processing tuning that the device run did not finish."""
+Mask R-CNN post-processing tuning that the device run did not finish.
+
+Run on the run folders brought back from the device (runs/gpu1/*, checkpoint format of
+that time: last_state.json), as `.venv/bin/python results/validation_checks.py tta|mrcnn`;
+output in results/validation_checks.log."""
 import json, sys, time
 from glandseg.data.discover import discover
 from glandseg.data.io import read_image, read_label
