@@ -25,6 +25,12 @@ resolution (``predictor.mpp``; the slide's own from ``input_mpp``, the predictor
    id, exactly once. Glands whose painted area is below the model's ``min_area`` are
    dropped (slivers). Ids are ``1..N`` in the order of the glands' top-left corners.
 
+**Scale-out.** With ``client`` (a Dask ``distributed.Client``, e.g. from
+:func:`dask_client`: ``--dask-scheduler ADDRESS`` or a ``LocalCluster`` of ``--workers N``;
+or a ``concurrent.futures`` executor), step 3 runs as tasks of 4 windows each
+(:func:`predict_window_batch`, which writes the same cache files), and steps 1, 2 and 4
+stay here: the result is identical to the serial run's.
+
 The result, :class:`SlideLabels`, reads the final label image by region
 (:meth:`SlideLabels.region`) from the cached windows, so the outputs (label pyramid, GeoJSON,
 ``glands.csv``, overlay: :mod:`glandseg.report.slide`) are also written region by region.

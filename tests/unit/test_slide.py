@@ -375,6 +375,29 @@ def test_batch_sends_large_images_the_slide_way(tmp_path: Path, monkeypatch) -> 
         batch.plan_outputs(paths, out, "refuse")
 
 
+def test_interrupted_batch_resumes_its_slide(tmp_path: Path, monkeypatch) -> None:
+    """A slide whose run dies after 5 windows is reported failed, its finished windows stay
+    in ``<out>/.glandseg/slides/``; the next run predicts only the others."""
+    monkeypatch.setattr(isl, "SlideConfig", lambda: SMALL)
+    path = pyramid(tmp_path / "s.tif", disc_image(800, 900, SEAM_DISCS))
+
+    class Dies(Counting):
+        def predict(self, image, mpp=None):
+            if self.calls == 5:
+                raise GlandsegError("simulated crash")
+            return super().predict(image, mpp=mpp)
+
+    out = tmp_path / "out"
+    rep = batch.predict_files([path], out, Dies(), progress=False)
+    assert rep.failed and rep.n_ok == 0 and not (out / "s.tif").exists()
+    assert len(list((out / ".glandseg" / "slides").rglob("w*.npz"))) == 5
+    again = Counting()
+    rep = batch.predict_files([path], out, again, progress=False)
+    assert rep.n_ok == 1 and again.calls == 16 - 5
+    lab = tifffile.imread(out / "s.tif")
+    assert len(objects(lab)) == len(SEAM_DISCS)
+
+
 # -- the bundled model on GlaS ----------------------------------------------------------
 
 @pytest.mark.glas
