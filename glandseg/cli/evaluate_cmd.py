@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int_in(1, 100_000), default=None,
                    help="only the first N images of each part (a quick check: metrics.json "
                         "marks the parts \"partial\", the leaderboard does not rank them)")
+    from glandseg.cli.grade_cmd import add_grader_args
+
+    add_grader_args(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # before loading the model
     pred = make_predictor(args)
     metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
-                             limit=args.limit, progress=not getattr(args, "quiet", False))
+                             limit=args.limit, progress=not getattr(args, "quiet", False),
+                             grader=False if getattr(args, "no_grade", False)
+                             else getattr(args, "grader", None))
     partial = [f"{part} {m['n_images']} of {m['n_images_total']}" for part, m in metrics.items()
                if m.get("partial")]
     if partial:
@@ -48,5 +53,13 @@ def run(args: argparse.Namespace) -> int:
         if lb.is_file():
             print(f"\nLeaderboard ({title}):")
             print(lb.read_text(encoding="utf-8"))
-    print(f"results in {args.out}")
+    grading = Path(args.out) / "grading.json"
+    if not getattr(args, "no_grade", False) and grading.is_file():
+        import json
+
+        from glandseg.report.grading import format_grading
+
+        print("\nGrading (benign / malignant):")
+        print(format_grading(json.loads(grading.read_text(encoding="utf-8"))))
+    print(f"results in {args.out} (open report.html)")
     return 0

@@ -46,7 +46,6 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
                         "(L*a*b* statistics); default: off")
 
 
-
 def make_predictor(args: argparse.Namespace):
     from glandseg.infer.predictor import Predictor, TileConfig
 
@@ -96,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run the windows of whole slides on a local Dask cluster of N "
                             "worker processes (results identical to a serial run)")
     add_model_args(p)
+    from glandseg.cli.grade_cmd import add_grader_args
+
+    add_grader_args(p)
     p.set_defaults(func=run)
 
 
@@ -122,12 +124,18 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.inputs)
     plan_outputs(paths, args.out, mode)  # refuse before loading the model
     pred = make_predictor(args)
+    grader = None
+    if not getattr(args, "no_grade", False):
+        from glandseg.report.grading import open_grader
+
+        grader = open_grader(pred, getattr(args, "grader", None))
     from glandseg.infer.slide import dask_client
 
     with dask_client(getattr(args, "dask_scheduler", None),
                      getattr(args, "workers", None)) as client:
         rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,
-                            progress=not getattr(args, "quiet", False), client=client)
+                            progress=not getattr(args, "quiet", False), client=client,
+                            grader=grader)
     skipped = f", {rep.n_skipped} skipped (outputs present)" if rep.n_skipped else ""
     print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "
           f"(glands.csv: {rep.n_rows} row(s))")

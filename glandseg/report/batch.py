@@ -15,7 +15,10 @@ What glandseg wrote is recorded in the hidden folder ``<out>/.glandseg/``:
   (and size and modification time, so unchanged files need not be hashed again) and the
   image's ``glands.csv`` rows (as text). It is written ``"pending"`` (names only) before
   the outputs and ``"done"`` (checksums, rows) after them.
-- ``glands.json``: the SHA-256 of the ``glands.csv`` glandseg last wrote.
+- ``glands.json``: the SHA-256 of the ``glands.csv`` glandseg last wrote; likewise
+  ``images.json`` for ``images.csv`` (one row per image: gland count, grade, probability)
+  and ``index.json`` for ``index.html`` (a gallery of the overlays,
+  :func:`glandseg.report.html.index_html`), joined from the records like ``glands.csv``.
 - ``lock``: an exclusive ``fcntl`` lock held while one image's outputs and record are
   written and while ``glands.csv`` is joined, so concurrent runs into one folder merge.
 
@@ -63,6 +66,11 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (".png", "_overlay.png", ".geojson")
 #: Outputs of one whole slide or large image (the labels as a pyramidal TIFF).
 SLIDE_SUFFIXES: tuple[str, ...] = (".tif", "_overlay.png", ".geojson")
 CSV_NAME = "glands.csv"
+IMAGES_CSV = "images.csv"
+INDEX_HTML = "index.html"
+#: Files joined from the records of every image in the folder (each guarded by a checksum
+#: in ``.glandseg/<name stem>.json``).
+JOINED: tuple[str, ...] = (CSV_NAME, IMAGES_CSV, INDEX_HTML)
 STATE_DIR = ".glandseg"
 MODES = ("refuse", "overwrite", "skip")
 _NUM_RE = re.compile(r"(\d+)")
@@ -135,7 +143,7 @@ def read_record(out: str | os.PathLike, stem: str) -> dict | None:
 def our_files(folder: str | os.PathLike) -> set[str]:
     """Names of the files glandseg's records in ``folder`` claim (its own outputs)."""
     folder = Path(folder)
-    names = {CSV_NAME} if (folder / STATE_DIR).is_dir() else set()
+    names = set(JOINED) if (folder / STATE_DIR).is_dir() else set()
     rdir = _records_dir(folder)
     if rdir.is_dir():
         for p in rdir.glob("*.json"):
@@ -227,14 +235,15 @@ def _image_state(out: Path, stem: str, slide: bool = False) -> tuple[str, list[s
     return "partial", problems
 
 
-def _csv_problem(out: Path) -> str | None:
-    """Why ``out/glands.csv`` must not be overwritten, or ``None`` if it is ours (or absent)."""
-    path = out / CSV_NAME
+def _csv_problem(out: Path, name: str = CSV_NAME) -> str | None:
+    """Why ``out/<name>`` (``glands.csv`` or another of :data:`JOINED`) must not be
+    overwritten, or ``None`` if it is ours (or absent)."""
+    path = out / name
     if path.is_dir():
         return f"{path} is a folder"
     if not path.exists():
         return None
-    rec = _read_json(out / STATE_DIR / "glands.json") or {}
+    rec = _read_json(out / STATE_DIR / f"{Path(name).stem}.json") or {}
     if _sha256(path) not in (rec.get("sha256") or []):
         return (f"{path} exists and was not written by glandseg (or was edited since)")
     return None
@@ -292,7 +301,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     slide = {p: is_large(p) for p in paths}
     hits = []
     for p in paths:
-        for name in [*output_names(p.stem, slide[p]), CSV_NAME]:
+        for name in [*output_names(p.stem, slide[p]), *JOINED]:
             target = out / name
             src = given.get(target) or real.get(target.resolve())
             if src is None and (st := _stat(target)):  # a hard link to an input
@@ -306,9 +315,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     problems: list[str] = []
     existing: dict[Path, str] = {}
     if out.is_dir():
-        csv_problem = _csv_problem(out)
-        if csv_problem:
-            problems.append(csv_problem)
+        problems += [why for name in JOINED if (why := _csv_problem(out, name))]
         for p in paths:
             state, why = _image_state(out, p.stem, slide[p])
             problems += why
@@ -332,12 +339,14 @@ def _write_record(out: Path, stem: str, rec: dict[str, Any]) -> None:
 
 
 def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLike, image,
-                 labels, mpp: float | None, mode: str = "refuse", slide=None) -> bool:
+                 labels, mpp: float | None, mode: str = "refuse", slide=None,
+                 grade=None) -> bool:
     """Write one image's outputs and its record under the folder lock.
 
     ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background; or
     ``slide``: a :class:`glandseg.infer.slide.SlideLabels` (``image``/``labels`` unused),
-    written by :func:`glandseg.report.slide.write_slide_outputs`.
+    written by :func:`glandseg.report.slide.write_slide_outputs`. ``grade``: the image's
+    :class:`glandseg.grade.engine.Grade` (GeoJSON properties, the record, ``images.csv``).
     Re-checks the image's outputs under the lock (another run may have written them since
     :func:`plan_outputs`): raises :class:`GlandsegError` for files glandseg did not write,
     or for outputs of ours that appeared meanwhile with ``mode="refuse"``. Returns
@@ -368,7 +377,11 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
 
             rows = write_slide_outputs(out, stem, slide, mpp)
         else:
-            rows = write_outputs(out, stem, image, labels, mpp)
+            props = None if grade is None else {"grade": grade.grade,
+                                                "grade_probability": round(grade.probability, 4)}
+            rows = write_outputs(out, stem, image, labels, mpp, properties=props)
+            if props:
+                rec["grade"] = props
         rec.update(state="done", files={n: _file_id(out / n) for n in names},
                    rows=format_rows(rows),
                    written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -380,17 +393,19 @@ def join_glands_csv(out_dir: str | os.PathLike) -> int:
     """Rewrite ``<out>/glands.csv`` from the records of every image whose outputs are all in
     the folder (ordered by image name), under the folder lock. Returns the number of rows.
 
-    Raises :class:`GlandsegError` if ``glands.csv`` is not ours. Its checksum is recorded
+    ``images.csv`` and ``index.html`` are rewritten from the same records.
+    Raises :class:`GlandsegError` if one of them is not ours. Each checksum is recorded
     before (with the old one) and after the atomic write, so a kill at any instant leaves
-    a ``glands.csv`` that the next run still recognises.
+    files that the next run still recognises.
     """
+    from glandseg.report.html import index_html
     from glandseg.report.outputs import glands_csv
 
     out = Path(out_dir)
     with folder_lock(out):
-        problem = _csv_problem(out)
-        if problem:
-            raise GlandsegError(f"{problem}; not rewritten: move it away and run again")
+        problems = [why for name in JOINED if (why := _csv_problem(out, name))]
+        if problems:
+            raise GlandsegError(f"{_listed(problems)}; not rewritten: move it away and run again")
         recs = []
         rdir = _records_dir(out)
         for p in rdir.glob("*.json") if rdir.is_dir() else ():
@@ -400,15 +415,45 @@ def join_glands_csv(out_dir: str | os.PathLike) -> int:
                 recs.append(rec)
         recs.sort(key=lambda r: _natural_key(str(r.get("image", ""))))
         rows = [row for r in recs for row in r.get("rows", [])]
-        text = glands_csv(rows)
-        new = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        meta = out / STATE_DIR / "glands.json"
-        old = (out / CSV_NAME)
-        before = [_sha256(old)] if old.is_file() else []
-        write_text(meta, json.dumps({"sha256": [*before, new]}) + "\n")
-        write_text(out / CSV_NAME, text)
-        write_text(meta, json.dumps({"sha256": [new]}) + "\n")
+        write_joined(out, CSV_NAME, glands_csv(rows))
+        images = [image_row(r) for r in recs]
+        write_joined(out, IMAGES_CSV, images_csv(images))
+        write_joined(out, INDEX_HTML, index_html(images))
     return len(rows)
+
+
+def write_joined(out: Path, name: str, text: str) -> None:
+    """Write one of :data:`JOINED`, its checksum recorded before and after (see
+    :func:`join_glands_csv`); the caller holds the folder lock."""
+    new = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    meta = out / STATE_DIR / f"{Path(name).stem}.json"
+    old = out / name
+    before = [_sha256(old)] if old.is_file() else []
+    write_text(meta, json.dumps({"sha256": [*before, new]}) + "\n")
+    write_text(out / name, text)
+    write_text(meta, json.dumps({"sha256": [new]}) + "\n")
+
+
+def image_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One image of a record: ``image``, ``n_glands``, ``grade``, ``grade_probability``
+    (empty without a grade) and ``files`` (its output names)."""
+    g = rec.get("grade") if isinstance(rec.get("grade"), dict) else {}
+    return {"image": str(rec.get("image", "")), "n_glands": len(rec.get("rows", [])),
+            "grade": g.get("grade", ""), "grade_probability": g.get("grade_probability", ""),
+            "files": list(rec.get("files", {}))}
+
+
+def images_csv(images: Sequence[dict[str, Any]]) -> str:
+    """``images.csv``: ``image, n_glands, grade, grade_probability`` per image."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "n_glands", "grade", "grade_probability"])
+    for im in images:
+        w.writerow([im["image"], im["n_glands"], im["grade"], im["grade_probability"]])
+    return buf.getvalue()
 
 
 @dataclass
@@ -454,7 +499,7 @@ def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mod
 
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
                   mpp: float | None = None, mode: str = "refuse",
-                  progress: bool = True, client=None) -> PredictReport:
+                  progress: bool = True, grader=None, client=None) -> PredictReport:
     """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
 
     ``predictor``: a :class:`Predictor` (called ``predict(image, mpp=...)``: segmented at
@@ -465,6 +510,8 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     ``progress``: a per-image bar on stderr (shown on a terminal only).
     ``client``: a Dask ``distributed.Client`` (or ``concurrent.futures`` executor) on which
     the windows of whole slides run as tasks (:func:`glandseg.infer.slide.predict_slide`).
+    ``grader``: an :class:`glandseg.grade.engine.ImageGrader` to grade each image (not
+    whole slides), or ``None``.
     Raises :class:`GlandsegError` before writing anything if the run would overwrite an
     input or a file glandseg did not write (:func:`plan_outputs`).
     """
@@ -491,7 +538,8 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
                 labels = predictor.predict(image, mpp=mpp_i)
             else:
                 labels = predictor.predict(image)
-            if not commit_image(out, path.stem, path, image, labels, mpp_i, mode):
+            grade = _grade(grader, predictor, path, image, labels)
+            if not commit_image(out, path.stem, path, image, labels, mpp_i, mode, grade=grade):
                 report.n_skipped += 1
                 continue
         except GlandsegError as exc:
@@ -502,3 +550,14 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
         report.n_glands += int(labels.max()) if labels.size else 0
     report.n_rows = join_glands_csv(out)
     return report
+
+
+def _grade(grader, predictor, path: Path, image, labels):
+    """The image's grade (``None`` without a grader, or if grading fails: logged)."""
+    if grader is None:
+        return None
+    try:
+        return grader.grade(image, labels if grader.shares(predictor) else None)
+    except (GlandsegError, ValueError) as exc:
+        log.warning("%s: not graded (%s)", path, exc)
+        return None

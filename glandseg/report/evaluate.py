@@ -6,7 +6,10 @@ Writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metri
 part's ``per_image``, and per part ``n_images_total`` and ``partial``: fewer images scored
 than the data folder has, as with ``--limit``), ``per_image.csv``, ``leaderboard.txt`` +
 ``leaderboard.csv`` (a partial result listed, not ranked) and ``fig4_testA.png`` /
-``fig4_testB.png`` (best, average and worst image by object Dice).
+``fig4_testB.png`` (best, average and worst image by object Dice), ``errors/<stem>.png``
+(error overlays against the ground-truth regions split, with ``thumbs/`` and the ``.json``
+the report reads), ``grades.csv`` + ``grading.json`` (benign/malignant grades of the
+bundled grader, unless ``grader=False``) and ``report.html`` (all of it on one page).
 The same metrics against ground truth whose disconnected regions are separate glands
 (:func:`glandseg.metrics.score.split_gt_components`) go to ``*_split_gt.*``.
 """
@@ -40,7 +43,7 @@ def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
 OUTPUT_FILES = tuple(f"{stem}{suffix}{ext}" for suffix in ("", "_split_gt")
                      for stem, ext in (("metrics", ".json"), ("per_image", ".csv"),
                                        ("leaderboard", ".txt"), ("leaderboard", ".csv"))) + (
-    "fig4_testA.png", "fig4_testB.png")
+    "fig4_testA.png", "fig4_testB.png", "grades.csv", "grading.json", "report.html")
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -56,6 +59,9 @@ def check_out_dir(out: str | Path) -> Path:
     if (out / "predictions").exists() and not (out / "predictions").is_dir():
         raise GlandsegError(f"{out / 'predictions'} is a file; evaluate writes its label "
                             "images into that folder: move it away or choose another --out")
+    if (out / "errors").exists() and not (out / "errors").is_dir():
+        raise GlandsegError(f"{out / 'errors'} is a file; evaluate writes its error overlays "
+                            "into that folder: move it away or choose another --out")
     dirs = [str(out / n) for n in OUTPUT_FILES if (out / n).is_dir()]
     if dirs:
         raise GlandsegError(f"{', '.join(dirs)}: a folder where evaluate writes a file; move "
@@ -65,16 +71,18 @@ def check_out_dir(out: str | Path) -> Path:
 
 def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
                    name: str = "glandseg", splits: tuple[str, ...] = ("testA", "testB"),
-                   limit: int | None = None, progress: bool = True) -> dict:
+                   limit: int | None = None, progress: bool = True,
+                   grader: str | Path | None | bool = None) -> dict:
     """Evaluate ``predictor`` on the test parts of the GlaS folder ``data``.
 
     ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
     not the official figures: each part of ``metrics.json`` carries ``"n_images_total"``,
     the part's annotated images in ``data``, and ``"partial": true`` when fewer were
     scored, and the leaderboard shows the result unranked). ``progress``: a per-image bar
-    on stderr (on a terminal). Returns the metrics dict also written to ``metrics.json``.
+    on stderr (on a terminal). ``grader``: a grader JSON (``None``: the bundled one,
+    ``False``: no grading). Returns the metrics dict also written to ``metrics.json``.
     """
-    from glandseg.metrics.score import evaluate_pairs
+    from glandseg.metrics.score import evaluate_pairs, split_gt_components
 
     out = check_out_dir(out)
     samples = [s for s in discover(data, splits=splits) if s.anno is not None]
@@ -83,6 +91,10 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         samples = [s for sp in splits for s in [x for x in samples if x.split == sp][:limit]]
     if not samples:
         raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
+    from glandseg.report.error_overlay import write_error_outputs
+    from glandseg.report.grading import GradeLog
+
+    grading = None if grader is False else GradeLog.open(predictor, grader or None)
     results, split_results = [], []
     dense = predictor.task != "instances"
     for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
@@ -94,9 +106,17 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         write_label(out / "predictions" / f"{s.name}.png", labels)
         results += evaluate_pairs([(s.name, labels, truth, prob)])
         split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
+        write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
+        if grading is not None:
+            grading.add(s.name, s.split, s.grade, image, labels)
     metrics = _write_metrics(results, name, out, "", totals)
     _write_metrics(split_results, name, out, "_split_gt", totals)
     _figures(results, samples, out)
+    from glandseg.report.html import write_report
+
+    if grading is not None:
+        grading.write(out)
+    write_report(out, f"glandseg evaluation: {name}", grades=grading is not None)
     return metrics
 
 

@@ -245,6 +245,7 @@ def to_geojson(
     image_name: str = "",
     object_type: str = "annotation",
     tolerance: float = 0.5,
+    properties: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A GeoJSON ``FeatureCollection`` with one feature per gland, importable by QuPath.
 
@@ -254,6 +255,9 @@ def to_geojson(
     the gland id) and ``properties``: ``objectType`` (``"annotation"`` or ``"detection"``),
     ``name`` (``"Gland <id>"``), ``classification`` (``Gland``), ``measurements``
     (:func:`measure`, in QuPath's naming; no NaN) and ``metadata`` (image, gland id).
+    ``properties`` (image-level, e.g. ``{"grade": "benign", "grade_probability": 0.03}``)
+    go into the collection's ``properties`` and, as text, into each feature's
+    ``metadata`` (``image_grade``, ``image_grade_probability``: QuPath shows metadata).
     """
     if object_type not in ("annotation", "detection"):
         raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
@@ -285,11 +289,15 @@ def to_geojson(
                     },
                     "isLocked": False,
                     "measurements": _geojson_measurements(rows[idx]),
-                    "metadata": {"image": image_name, "gland_id": str(idx)},
+                    "metadata": {"image": image_name, "gland_id": str(idx),
+                                 **{f"image_{k}": str(v) for k, v in (properties or {}).items()}},
                 },
             }
         )
-    return {"type": "FeatureCollection", "features": features}
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if properties:
+        collection["properties"] = {"image": image_name, **properties}
+    return collection
 
 
 def _fmt(v: Any) -> str:
@@ -332,13 +340,15 @@ def write_outputs(
     image: np.ndarray,
     labels: np.ndarray,
     mpp: float | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Write one image's outputs into ``out_dir`` and return its morphometrics rows.
 
     Files (each written atomically): ``<stem>.png`` (the labels as a 16-bit PNG, ids kept),
     ``<stem>_overlay.png`` (:func:`overlay`) and ``<stem>.geojson`` (:func:`to_geojson`).
     ``image``: ``uint8`` ``(H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background, at
-    most 65535. The caller writes one ``glands.csv`` over all images
+    most 65535; ``properties``: image-level GeoJSON properties (:func:`to_geojson`).
+    The caller writes one ``glands.csv`` over all images
     (:func:`glandseg.report.batch.join_glands_csv` for a folder of many images).
     """
     labels = _check_labels(labels)
@@ -347,7 +357,7 @@ def write_outputs(
         raise ValueError("more than 65535 gland ids do not fit a 16-bit label image")
     # compute everything first, so that bad input leaves no partial outputs
     drawn = overlay(image, labels)
-    collection = to_geojson(labels, mpp, image_name=stem)
+    collection = to_geojson(labels, mpp, image_name=stem, properties=properties)
     rows = measure(labels, mpp, image=stem)
     out.mkdir(parents=True, exist_ok=True)
     write_label(out / f"{stem}.png", labels)

@@ -67,7 +67,8 @@ def test_predict_folder_with_a_corrupt_file(tiny_run: Path, inputs: Path, tmp_pa
     assert "broken.png" in captured.out + captured.err
     assert "good_a" not in [ln for ln in captured.out.splitlines() if ln.startswith("failed")]
     expected = {f"{s}{suffix}" for s in ("good_a", "good_b")
-                for suffix in (".png", "_overlay.png", ".geojson")} | {"glands.csv"}
+                for suffix in (".png", "_overlay.png", ".geojson")} | {"glands.csv", "images.csv",
+                                                                        "index.html"}
     # exactly the outputs of the good images (and glandseg's records): nothing for the bad
     # one, no temp files
     assert {p.name for p in out.iterdir()} == expected | {".glandseg"}
