@@ -477,7 +477,12 @@ def open_slide(path: str | os.PathLike, max_bytes: int | None = None) -> Slide:
             if osl.OpenSlide.detect_format(str(path)):
                 return OpenSlideSlide(path)
         except Exception as exc:
-            raise GlandsegError(f"{path}: OpenSlide cannot read this slide ({exc})") from exc
+            raise GlandsegError(f"{path}: OpenSlide cannot read this slide ({exc}); the "
+                                "file is damaged or incomplete, re-export it") from exc
+        if not _is_tiff(path):
+            raise GlandsegError(f"{path}: OpenSlide does not recognise this file as a slide; "
+                                "the file is damaged or incomplete (a .mrxs needs its data "
+                                "folder beside it), re-export it")
     if _is_tiff(path):
         try:
             return TiffSlide(path)
@@ -525,20 +530,34 @@ def pyramid_shapes(shape: tuple[int, int], min_side: int = 512) -> list[tuple[in
 def write_pyramid(path: str | os.PathLike, shape: tuple[int, int],
                   tile_fn: Callable[[int, int, int, int, int], np.ndarray], dtype,
                   samples: int = 1, tile: int = 512, min_side: int = 512,
-                  mpp: float | None = None, compression: str = "zlib") -> list[tuple[int, int]]:
-    """Write a tiled pyramidal TIFF (level 0 plus 2x reductions in SubIFDs) tile by tile.
+                  mpp: float | None = None, compression: str = "zlib",
+                  ome: bool = False) -> list[tuple[int, int]]:
+    """Write a tiled pyramidal TIFF (level 0 plus 2x reductions) tile by tile.
 
     ``tile_fn(level, y, x, h, w)`` returns the pixels of that level's region (``dtype``
     ``(h, w)`` for ``samples=1``, e.g. labels, 0 = background; ``(h, w, 3)`` for RGB),
     called once per tile in row-major order, so memory stays one tile whatever the size.
-    ``mpp``: level-0 µm/px, written as the resolution tags (pixels per cm). Returns the
-    level sizes. The caller writes to a temporary path and renames it (atomic output)."""
+    ``mpp``: level-0 µm/px, written as the resolution tags (pixels per cm).
+    ``ome``: an OME-TIFF (OME-XML with ``PhysicalSizeX/Y``, reductions in SubIFDs: what
+    QuPath/Bio-Formats, napari and tifffile read as one pyramid); otherwise the reductions
+    are top-level pages marked reduced-resolution (what OpenSlide's generic TIFF reader
+    and tifffile read as a pyramid). Returns the level sizes. The caller writes to a
+    temporary path and renames it (atomic output)."""
     import tifffile
 
     shapes = pyramid_shapes(shape, min_side)
-    extra = {"photometric": "rgb" if samples == 3 else "minisblack"}
+    photometric = "rgb" if samples == 3 else "minisblack"
+    first: dict = {"photometric": photometric}
     if mpp:
-        extra.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        first.update(resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    if ome:
+        meta: dict = {"axes": "YXS" if samples == 3 else "YX"}
+        if mpp:
+            meta.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm",
+                        PhysicalSizeYUnit="µm")
+        first.update(subifds=len(shapes) - 1, metadata=meta)
+    else:
+        first["metadata"] = None
 
     def tiles(level: int, h: int, w: int):
         for y in range(0, h, tile):
@@ -547,13 +566,10 @@ def write_pyramid(path: str | os.PathLike, shape: tuple[int, int],
                                            dtype=dtype)
 
     full = (lambda h, w: (h, w, 3)) if samples == 3 else (lambda h, w: (h, w))
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+    with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as tw:
         for level, (h, w) in enumerate(shapes):
-            kw = dict(extra) if level == 0 else {"photometric": extra["photometric"]}
-            if level == 0:
-                kw["subifds"] = len(shapes) - 1
-            else:
-                kw["subfiletype"] = 1
+            kw = first if level == 0 else {"photometric": photometric, "subfiletype": 1,
+                                           "metadata": None}
             tw.write(tiles(level, h, w), shape=full(h, w), dtype=dtype, tile=(tile, tile),
                      compression=compression, **kw)
     return shapes

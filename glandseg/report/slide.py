@@ -4,8 +4,9 @@ From a :class:`glandseg.infer.slide.SlideLabels` (labels ``uint32``, 0 = backgro
 back by region, never as one canvas):
 
 - ``<stem>.tif``: the labels at the slide's full resolution (level 0) as a tiled pyramidal
-  TIFF (``uint32``, zlib, 512² tiles, 2x reductions in SubIFDs, resolution tags in px/cm
-  when the µm/px is known): opens in QuPath, napari, tifffile;
+  OME-TIFF (``uint32``, zlib, 512² tiles, 2x reductions in SubIFDs, ``PhysicalSizeX/Y``
+  and resolution tags when the µm/px is known): opens in QuPath (Bio-Formats), napari,
+  tifffile;
 - ``<stem>.geojson``: QuPath GeoJSON, one feature per gland, polygons in level-0 pixel
   coordinates (QuPath's: origin at the top-left corner of the slide), streamed to disk;
 - ``<stem>_overlay.png``: gland outlines on the slide's thumbnail (longer side
@@ -127,7 +128,7 @@ def write_label_pyramid(path: str | os.PathLike, result: SlideLabels, mpp: float
         return result.level0(y, x, h, w, down=float(2 ** level))
 
     with atomic_path(path) as tmp:
-        write_pyramid(tmp, result.shape, tile_fn, np.uint32, tile=tile, mpp=mpp)
+        write_pyramid(tmp, result.shape, tile_fn, np.uint32, tile=tile, mpp=mpp, ome=True)
 
 
 def slide_overlay(result: SlideLabels) -> np.ndarray:

@@ -177,6 +177,26 @@ def test_thumbnail_reads_bounded_blocks(tmp_path: Path, monkeypatch) -> None:
     assert np.abs(thumb.astype(int) - ref).mean() < 2
 
 
+def test_openslide_backend_reads_like_tifffile(tmp_path: Path) -> None:
+    """With OpenSlide installed (the optional extra), a slide-format file goes through it
+    and reads the same pixels, levels and resolution as tifffile."""
+    if ds._openslide() is None:
+        pytest.skip("openslide-python / openslide-bin not installed (pip install "
+                    "'glandseg[slides]')")
+    img = disc_image(600, 800, [(300, 400, 100)])
+    tif = pyramid(tmp_path / "s.tif", img, mpp=0.5)
+    svs = tmp_path / "s.svs"  # a generic tiled TIFF under a slide-format name
+    svs.write_bytes(tif.read_bytes())
+    with open_slide(svs) as a, open_slide(tif) as b:
+        assert (a.kind, b.kind) == ("openslide", "tiff")
+        assert a.levels == b.levels and a.mpp == b.mpp == 0.5
+        for level, box in ((0, (100, 150, 200, 300)), (1, (10, 20, 50, 60))):
+            assert np.array_equal(a.read_region(level, *box), b.read_region(level, *box))
+        assert np.abs(a.read_at(0.3, 5, 7, 60, 80).astype(int)
+                      - b.read_at(0.3, 5, 7, 60, 80)).max() <= 1
+    assert is_large(svs) and image_pixels(svs) == (600, 800)
+
+
 def test_large_png_header_and_load_limit(tmp_path: Path, monkeypatch) -> None:
     img = disc_image(90, 120, [(45, 60, 20)])
     path = tmp_path / "big.png"
@@ -193,18 +213,20 @@ def test_large_png_header_and_load_limit(tmp_path: Path, monkeypatch) -> None:
     assert not is_large(path)
 
 
-def test_unreadable_and_missing_files(tmp_path: Path) -> None:
+def test_unreadable_and_missing_files(tmp_path: Path, monkeypatch) -> None:
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(GlandsegError, match="bad.tif"):
         open_slide(bad)
     with pytest.raises(GlandsegError, match="not found"):
         open_slide(tmp_path / "none.tif")
-    svs = tmp_path / "x.mrxs"
-    svs.write_bytes(b"not a slide")
-    if ds._openslide() is None:
-        with pytest.raises(GlandsegError, match="OpenSlide"):
-            open_slide(svs)
+    mrxs = tmp_path / "x.mrxs"
+    mrxs.write_bytes(b"not a slide")
+    with pytest.raises(GlandsegError, match="x.mrxs: .*OpenSlide"):
+        open_slide(mrxs)  # "does not recognise" with OpenSlide installed
+    monkeypatch.setattr(ds, "_openslide", lambda: None)
+    with pytest.raises(GlandsegError, match=r"x.mrxs: .*pip install 'glandseg\[slides\]'"):
+        open_slide(mrxs)
 
 
 # -- grid, tissue, stitching ------------------------------------------------------------
