@@ -23,7 +23,7 @@ test``: the 80 Test A/B images, clean and ``scale2x`` only, run once as the fina
 
 Results: ``benchmarks/results/robustness_<part>_<model>.json`` (one entry per variant,
 written as each finishes; a re-run reuses finished variants of the same model weights
-unless ``--fresh``) and a Markdown table on stdout.
+unless ``--fresh``; ``--redo SHIFT`` recomputes some) and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N images only (a check)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results")
+    ap.add_argument("--redo", nargs="+", default=(), choices=SHIFTS,
+                    help="recompute these shifts even if earlier results have them")
     args = ap.parse_args()
 
     from glandseg.infer.predictor import Predictor
@@ -204,7 +206,7 @@ def main() -> int:
               "machine": machine(), "results": []}
     parts = ["other"] if args.part == "val" else ["testA", "testB"]
     for shift, norm in plan:
-        if (shift, norm) in done:
+        if (shift, norm) in done and shift not in args.redo:
             r = done[(shift, norm)]
         else:
             r = run_variant(pred, samples, shift, norm)
