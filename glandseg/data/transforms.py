@@ -100,6 +100,10 @@ class AugmentConfig:
     elastic: bool = True
     color: bool = True
     elastic_p: float = 0.3
+    #: Acquisition robustness, off by default: stronger H&E stain jitter (each stain x0.8 to
+    #: x1.2, p 0.5), Gaussian blur (sigma 0.3 to 2 px, p 0.25) and JPEG compression (quality
+    #: 40 to 95, p 0.25); image only, the mask is never changed.
+    robust: bool = False
 
 
 def train_transform(cfg: AugmentConfig) -> v2.Compose:
@@ -124,7 +128,19 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
             HEDJitter(0.05, 0.05),
             v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.03),
         ]
+    if cfg.robust:
+        ops += robust_ops()
     return v2.Compose(ops)
+
+
+def robust_ops() -> list[v2.Transform]:
+    """The acquisition-robustness augmentations of :attr:`AugmentConfig.robust` (stain
+    shifts of another lab, out-of-focus scans, JPEG exports), on ``uint8`` images."""
+    return [
+        v2.RandomApply([HEDJitter(0.2, 0.02)], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.3, 2.0))], p=0.25),
+        v2.RandomApply([v2.JPEG((40, 95))], p=0.25),
+    ]
 
 
 def _as_mask(mask: torch.Tensor) -> tuple[tv_tensors.Mask, bool]:
