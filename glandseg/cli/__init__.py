@@ -16,7 +16,8 @@ import sys
 
 from glandseg import GlandsegError, __version__
 
-VERBS = ("data", "train", "predict", "grade", "evaluate", "score", "leaderboard", "demo")
+VERBS = ("data", "train", "search", "predict", "grade", "evaluate", "score", "leaderboard",
+         "demo")
 
 
 class Parser(argparse.ArgumentParser):

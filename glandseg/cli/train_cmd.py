@@ -72,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
                    help='JSON of architecture arguments, e.g. \'{"width": 32}\'')
+    p.add_argument("--params", default=None, metavar="FILE",
+                   help="training parameters from a JSON file, e.g. the best.json of glandseg "
+                        "search (lr, weight decay, batch, crop, augmentation strength, loss "
+                        "weights, encoder, epochs, ...): they apply where an option is left at "
+                        "its default")
     p.set_defaults(func=run, _defaults={a.dest: a.default for a in p._actions})
 
 
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from glandseg import GlandsegError
     from glandseg.train.loop import TrainConfig, train
 
+    extra = _apply_params(args) if args.params else {}
     if args.preset:
         _apply_preset(args)
     if args.data is None and not args.resume:
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(model_args, dict):
         raise GlandsegError(f"--model-args must be a JSON object such as '{{\"width\": 32}}', "
                             f"got {args.model_args}")
+    model_args = {**extra.pop("model_args", {}), **model_args}
     pretrained = args.pretrained != "none"
     if args.pretrained in ("coco", "imagenet"):
         if args.model == "maskrcnn":
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, workers=args.workers, repeats=args.repeats,
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
         resume=args.resume, preset=args.preset, pretrained=pretrained,
-        tune_postprocess=args.tune_postprocess, model_args=model_args,
+        tune_postprocess=args.tune_postprocess, model_args=model_args, **extra,
     )
     run_dir = train(tc)
     print(f"run folder: {run_dir}")
@@ -127,3 +134,26 @@ def _apply_preset(args: argparse.Namespace) -> None:
     for key, value in preset_settings(args.preset).items():
         if hasattr(args, key) and getattr(args, key) == defaults.get(key):
             setattr(args, key, value)
+
+
+def _apply_params(args: argparse.Namespace) -> dict:
+    """Fill the options left at their defaults from ``--params FILE``; returns the file's
+    parameters that have no option (``augment_strength``, ``loss_weights``, ``momentum``,
+    ``model_args``: the command line's ``--model-args`` keys win)."""
+    from glandseg.train.params import check_loss_weights, load_params
+
+    params = load_params(args.params)
+    defaults = getattr(args, "_defaults", {})
+    extra = {}
+    for key, value in params.items():
+        if key in ("augment_strength", "loss_weights", "momentum", "model_args"):
+            extra[key] = value
+        elif key == "pretrained":
+            if args.pretrained is None and not value:
+                args.pretrained = "none"
+        elif getattr(args, key) == defaults.get(key):
+            setattr(args, key, value)
+    if "loss_weights" in extra:  # for the model finally chosen (--model may differ)
+        extra["loss_weights"] = check_loss_weights(args.model, extra["loss_weights"],
+                                                   args.params)
+    return extra

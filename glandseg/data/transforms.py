@@ -92,7 +92,10 @@ class SafeElastic(v2.ElasticTransform):
 @dataclass
 class AugmentConfig:
     """Which augmentations to apply. ``crop``: square crop side in pixels (after scaling);
-    images smaller than the crop are zero-padded (mask padded with 0 = background)."""
+    images smaller than the crop are zero-padded (mask padded with 0 = background).
+    ``strength`` (0-2) scales every random augmentation: 1 is the default pipeline, 0 only
+    the crop; it multiplies the rotation and elastic probabilities (capped at 1), the
+    elastic displacement and the stain/colour jitter magnitudes."""
 
     crop: int = 256
     flips: bool = True
@@ -104,12 +107,16 @@ class AugmentConfig:
     #: x1.2, p 0.5), Gaussian blur (sigma 0.3 to 2 px, p 0.25) and JPEG compression (quality
     #: 40 to 95, p 0.25); image only, the mask is never changed.
     robust: bool = False
+    strength: float = 1.0
 
 
 def train_transform(cfg: AugmentConfig) -> v2.Compose:
     """The training augmentation: the study's flips and random crop, plus rotation,
     elastic deformation and H&E colour jitter."""
     ops: list[v2.Transform] = []
+    s = cfg.strength
+    if s <= 0:
+        return v2.Compose([v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0)])
     if cfg.rotate:
         # Bilinear for the image; v2 always resamples masks with nearest neighbour.
         rot = v2.RandomRotation(
@@ -117,16 +124,18 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
             interpolation=v2.InterpolationMode.BILINEAR,
             fill={tv_tensors.Mask: 0, "others": 0},
         )
-        ops.append(v2.RandomApply([rot], p=0.5))
+        ops.append(v2.RandomApply([rot], p=min(1.0, 0.5 * s)))
     if cfg.elastic:
-        ops.append(v2.RandomApply([SafeElastic(alpha=40.0, sigma=6.0)], p=cfg.elastic_p))
+        ops.append(v2.RandomApply([SafeElastic(alpha=40.0 * s, sigma=6.0)],
+                                  p=min(1.0, cfg.elastic_p * s)))
     ops.append(v2.RandomCrop(cfg.crop, pad_if_needed=True, fill=0))
     if cfg.flips:
         ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     if cfg.color:
         ops += [
-            HEDJitter(0.05, 0.05),
-            v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.03),
+            HEDJitter(0.05 * s, 0.05 * s),
+            v2.ColorJitter(brightness=0.15 * s, contrast=0.15 * s, saturation=0.1 * s,
+                           hue=min(0.5, 0.03 * s)),
         ]
     if cfg.robust:
         ops += robust_ops()

@@ -346,7 +346,9 @@ class InstanceTask:
              std: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of torchvision's losses (model in train mode). ``mean``/``std`` are unused:
         the model normalises its [0, 1] input itself. The parts, as floats of the last
-        call, are in :attr:`last_losses` for logging."""
+        call, are in :attr:`last_losses` for logging. ``cfg["train"]["loss_weights"]``
+        (``{"mask": 2.0, ...}``, parts without the ``loss_`` prefix) weights the parts."""
         parts = model(batch["images"], batch["targets"])
         self.last_losses = {k: float(v.detach()) for k, v in parts.items()}
-        return sum(parts.values())
+        w = (self.cfg.get("train") or {}).get("loss_weights") or {}
+        return sum(float(w.get(k.removeprefix("loss_"), 1.0)) * v for k, v in parts.items())

@@ -72,6 +72,8 @@ class TrainConfig:
     tune_postprocess: bool = True
     stages: list[dict] = field(default_factory=list)
     model_args: dict = field(default_factory=dict)
+    augment_strength: float = 1.0  # scales every random augmentation (AugmentConfig.strength)
+    loss_weights: dict = field(default_factory=dict)  # glandseg.train.params.LOSS_PARTS
 
     def resolved_stages(self) -> list[dict]:
         if self.stages:
@@ -98,7 +100,9 @@ def make_task(cfg: dict):
     from glandseg.train.tasks import DenseTask
 
     scale = cfg["preprocess"]["scale"]
-    return DenseTask(cfg["task"], boundary_width=max(1, round(4 * scale)), sigma=10 * scale)
+    dice = (cfg.get("train") or {}).get("loss_weights", {}).get("dice", 0.5)
+    return DenseTask(cfg["task"], boundary_width=max(1, round(4 * scale)), sigma=10 * scale,
+                     dice_weight=dice)
 
 
 def _make_optimizer(stage: dict, params) -> torch.optim.Optimizer:
@@ -137,10 +141,15 @@ def _make_scheduler(stage: dict, opt: torch.optim.Optimizer, steps_per_epoch: in
 class Trainer:
     """Hooks, in call order: :meth:`setup_run`, :meth:`setup_model`, :meth:`setup_data`,
     then per stage :meth:`setup_stage`, and per epoch :meth:`train_epoch`,
-    :meth:`validate`, :meth:`on_epoch_end`; finally :meth:`finish`."""
+    :meth:`validate`, :meth:`on_epoch_end`; finally :meth:`finish`.
 
-    def __init__(self, tc: TrainConfig) -> None:
+    ``callbacks``: functions ``(trainer, row)`` called after each epoch is committed (``row``
+    as in ``metrics.csv``; ``val_object_dice`` is -1 on epochs not validated); an exception
+    they raise (e.g. a search pruning the trial) stops training after that epoch."""
+
+    def __init__(self, tc: TrainConfig, callbacks=()) -> None:
         self.tc = tc
+        self.callbacks = list(callbacks)
         self.run = Path(tc.out)
         self.device = pick_device(tc.device)
         self.history: list[dict] = []
@@ -200,12 +209,13 @@ class Trainer:
                                                                  t["seed"])
         self.task = make_task(self.cfg)
         scale = self.cfg["preprocess"]["scale"]
-        aug = train_transform(AugmentConfig(crop=t["crop"]))
+        aug = train_transform(AugmentConfig(crop=t["crop"],
+                                            strength=t.get("augment_strength", 1.0)))
         self.train_ds = GlasDataset(self.train_samples, aug, scale=scale, cache=True,
                                     target_fn=self.task.target_fn, repeats=t["repeats"])
         self.cfg["train"]["train_images"] = [s.name for s in self.train_samples]
         self.cfg["train"]["val_images"] = [s.name for s in self.val_samples]
-        ckpt.save_json(self.run / "config.json", self.cfg)
+        self.save_config()
         self.val_data = [(s.name, read_image(s.image), read_label(s.anno)) for s in self.val_samples]
         log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
                  len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
@@ -213,6 +223,7 @@ class Trainer:
     def setup_model(self) -> None:
         self.model = registry.build_model(self.cfg, pretrained=self.cfg["train"]["pretrained"])
         self.model.to(self.device)
+        self.net = self.model  # what the loss calls (DistributedTrainer: the DDP wrapper)
         pre = self.cfg["preprocess"]
         self.mean = torch.tensor(pre["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
@@ -223,12 +234,7 @@ class Trainer:
         t = self.cfg["train"]
         g = torch.Generator()
         g.manual_seed(t["seed"] + len(self.history))
-        self.loader = DataLoader(
-            self.train_ds, batch_size=stage["batch_size"], shuffle=True, drop_last=True,
-            num_workers=t["workers"], collate_fn=self.task.collate, generator=g,
-            persistent_workers=t["workers"] > 0,
-            worker_init_fn=_worker_init,
-        )
+        self.loader = self.make_loader(stage, g)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _make_optimizer(stage, params)
         budget = self.cfg["train"].get("max_minutes")
@@ -236,6 +242,19 @@ class Trainer:
         if budget is not None:
             progress = (lambda: self.elapsed() / (60 * budget)) if budget > 0 else (lambda: 1.0)
         self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader), progress)
+
+    def make_loader(self, stage: dict, generator: torch.Generator) -> DataLoader:
+        """The stage's training loader (shuffled by ``generator``)."""
+        t = self.cfg["train"]
+        return DataLoader(
+            self.train_ds, batch_size=stage["batch_size"], shuffle=True, drop_last=True,
+            num_workers=t["workers"], collate_fn=self.task.collate, generator=generator,
+            persistent_workers=t["workers"] > 0,
+            worker_init_fn=_worker_init,
+        )
+
+    def save_config(self) -> None:
+        ckpt.save_json(self.run / "config.json", self.cfg)
 
     # -- epoch hooks ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -246,7 +265,7 @@ class Trainer:
         for batch in bar:
             batch = _to_device(batch, self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                loss = self.task.loss(self.model, batch, self.mean, self.std)
+                loss = self.task.loss(self.net, batch, self.mean, self.std)
             if not torch.isfinite(loss):
                 raise GlandsegError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -304,6 +323,8 @@ class Trainer:
         log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
                  row["train_loss"], row["val_f1"], row["val_object_dice"],
                  row["val_object_hausdorff"], " (best)" if improved else "")
+        for cb in self.callbacks:
+            cb(self, row)
 
     def _write_logs(self) -> None:
         from glandseg.data.io import atomic_path
@@ -337,7 +358,7 @@ class Trainer:
             log.info("post-processing tuned on validation: %s (object Dice %.4f)", params, score)
         self.cfg.setdefault("validation", {})["best"] = max(
             self.history, key=lambda r: r["val_object_dice"], default=None)
-        ckpt.save_json(self.run / "config.json", self.cfg)
+        self.save_config()
 
     # -- driver ---------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -462,5 +483,10 @@ def _to_device(batch, device: torch.device):
 
 
 def train(tc: TrainConfig) -> Path:
-    """Train a model (see :class:`TrainConfig`); returns the run folder."""
+    """Train a model (see :class:`TrainConfig`); returns the run folder. Under ``torchrun``
+    with several processes, one of them (:mod:`glandseg.train.distributed`)."""
+    from glandseg.train import distributed
+
+    if distributed.from_env().enabled:
+        return distributed.DistributedTrainer(tc).fit()
     return Trainer(tc).fit()
