@@ -369,3 +369,30 @@ def test_postgresql_storage(tmp_path: Path, data: Path, fast, postgres: str) -> 
     assert run_search(other).complete == 3
     study = optuna.load_study(study_name="pg-study", storage=postgres)
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 3
+
+
+# --- glandseg train --params ---------------------------------------------------------------
+
+def test_train_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from glandseg.cli import main
+
+    seen = []
+    monkeypatch.setattr("glandseg.train.loop.train", lambda tc: seen.append(tc) or tmp_path)
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"value": 0.8, "train": {
+        "model": "unet", "lr": 0.002, "batch_size": 4, "crop": 128, "epochs": 7,
+        "augment_strength": 0.5, "loss_weights": {"dice": 1.2}, "model_args": {"width": 8},
+        "pretrained": False, "momentum": 0.8}}))
+    assert main(["train", "--params", str(best), "--data", "D", "--out", str(tmp_path / "r"),
+                 "--lr", "0.01", "--model-args", '{"batch_norm": true}']) == 0
+    tc = seen[0]
+    assert (tc.model, tc.lr, tc.batch_size, tc.crop, tc.epochs) == ("unet", 0.01, 4, 128, 7)
+    assert (tc.augment_strength, tc.loss_weights, tc.momentum) == (0.5, {"dice": 1.2}, 0.8)
+    assert tc.model_args == {"width": 8, "batch_norm": True} and tc.pretrained is False
+    # errors: one line naming the file and the key
+    for bad, words in (({"lr": 3}, "lr must be"), ({"loss_weights": {"mask": 1}}, "loss_weights.mask"),
+                       ({"colour": 1}, "unknown training parameter 'colour'")):
+        best.write_text(json.dumps({"train": {"model": "unet", **bad}}))
+        assert main(["train", "--params", str(best), "--data", "D", "--out", "x"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and str(best) in err
