@@ -344,10 +344,13 @@ def _model_mpp(predictor) -> float:
     return float(mpp)
 
 
+_ASSUMED_SAID = False  # the assumed resolution is said once per process
+
+
 def slide_resolution(predictor, slide: Slide, input_mpp: float | None = None
                      ) -> tuple[float, str]:
     """``(level-0 µm/px, where from)``: ``input_mpp``, else the predictor's ``input_mpp``,
-    else the slide's metadata, else the model's (logged as an assumption)."""
+    else the slide's metadata, else the model's (a warning, once per process)."""
     if input_mpp is not None:
         return float(input_mpp), "given"
     if getattr(predictor, "input_mpp", None) is not None:
@@ -355,9 +358,12 @@ def slide_resolution(predictor, slide: Slide, input_mpp: float | None = None
     if slide.mpp is not None:
         return float(slide.mpp), slide.mpp_source
     mpp = _model_mpp(predictor)
-    log.warning("%s: resolution unknown (%s): assuming the model's %.4g µm/px; pass "
-                "--input-mpp (e.g. 0.25 for a 40x scan) if it differs", slide.path,
-                slide.mpp_source, mpp)
+    global _ASSUMED_SAID
+    say = log.debug if _ASSUMED_SAID else log.warning
+    _ASSUMED_SAID = True
+    say("%s: resolution unknown (%s): assuming the model's %.4g µm/px; pass --input-mpp "
+        "(e.g. 0.25 for a 40x scan) if it differs. Said once for all slides of unknown "
+        "resolution.", slide.path, slide.mpp_source, mpp)
     return mpp, "assumed (the model's)"
 
 
