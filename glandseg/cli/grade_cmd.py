@@ -23,8 +23,10 @@ def add_grader_args(p: argparse.ArgumentParser, switch: bool = True) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "grade", help="benign/malignant grade of images (grades.csv)",
-        description="Segments each image with the grader's segmentation model (glas-unet for "
-                    "the bundled grader), measures its glands and writes --out/grades.csv: "
+        description="Runs each image through the grader's segmentation network (the "
+                    "bundled grader: glas-unet's encoder features, pooled; a grader fit on "
+                    "gland morphometrics also segments the glands) and writes "
+                    "--out/grades.csv: "
                     "image, grade (benign or malignant), probability (of malignant). Trained "
                     "on GlaS (colon, 20x, 0.62 µm/px); other tissue or magnifications are "
                     "outside what it has seen. Never overwrites an input or a file glandseg "
