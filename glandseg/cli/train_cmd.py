@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from glandseg.cli import float_in, int_in
 from glandseg.cli.predict_cmd import TILE_RANGE
@@ -17,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with the official GlaS metrics. Writes config.json, best/last.safetensors, "
                     "metrics.csv, curves.png and train.log to --out; each epoch is committed "
                     "as one set (checkpoint.json names the files of the last complete epoch "
-                    "with their SHA-256), so a killed run continues with --resume.",
+                    "with their SHA-256), so a killed run continues with --resume. Several "
+                    "GPUs or machines: torchrun --nproc_per_node N -m glandseg train ... "
+                    "(DistributedDataParallel; --batch-size is the global batch).",
     )
     p.add_argument("--model", default="unet-lite0",
                    choices=[n for n in registry.names() if n not in registry.BUNDLED])
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         tune_postprocess=args.tune_postprocess, model_args=model_args, **extra,
     )
     run_dir = train(tc)
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+        print(f"run folder: {run_dir}")
     return 0
 
 

@@ -522,6 +522,8 @@ def run_search(cfg: SearchConfig) -> Counts:
     machine, then ``best.json``, ``trials.csv`` and the plots in ``cfg.out``."""
     from glandseg.search.outputs import write_results
 
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = check_inputs(cfg)
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
