@@ -1,7 +1,8 @@
 """Random search versus TPE + Hyperband with the same compute budget, on the U-Net.
 
 Two ``glandseg search`` studies of ``unet-lite0`` on GlaS, each given the same wall-clock
-budget (``--minutes``: no trial starts after it; each trial has ``--trial-minutes``), with
+budget (``--minutes``, ``glandseg search --timeout-minutes``: no trial starts after it and
+the running one stops after the epoch that passes it; each trial runs ``--epochs``), with
 the same search space, fixed settings and validation patients (``patient_split(..., 0.2,
 seed 0)``: the 18 images of patients 4, 5, 6, 11, 14, 15, the bundled model's; Test A/B are
 never read):
@@ -19,7 +20,7 @@ to ``benchmarks/results/search/``. The studies themselves live under ``--work`` 
 ``runs/bench-search``; run again, a finished study is reused).
 
     nohup nice -n 5 .venv/bin/python benchmarks/bench_search.py --data ../shared/glas \\
-        [--minutes 7] [--trial-minutes 1.0] [--epochs 4] [--scale 0.25] [--quick] &
+        [--minutes 7] [--epochs 3] [--trial-minutes M] [--scale 0.25] [--quick] &
 """
 
 from __future__ import annotations
@@ -139,15 +140,17 @@ def write_readme(summary: dict, path: Path) -> None:
     lines = [
         "# Search benchmark: random search vs TPE + Hyperband (same budget)", "",
         "`nohup nice -n 5 .venv/bin/python benchmarks/bench_search.py --data ../shared/glas "
-        f"--minutes {s['minutes']} --trial-minutes {s['trial_minutes']} --epochs {s['epochs']}`",
+        f"--minutes {s['minutes']} --epochs {s['epochs']} --scale {s['scale']}`",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, load {m['load_1min']} at "
         f"the start (shared with other jobs), torch {m['torch']}, no GPU.", "",
         f"Model `unet-lite0` (ImageNet encoder), scale {s['scale']}, {s['repeats']} pass(es) "
-        f"over the 67 training images per epoch, at most {s['epochs']} epochs and "
-        f"{s['trial_minutes']} min per trial, {s['minutes']} min per study (no trial starts "
-        "after it). Validation: the 18 images of the held-out patients 4, 5, 6, 11, 14, 15 "
-        "(the bundled model's); no test image was read.", "",
+        f"over the 67 training images per epoch, {s['epochs']} epochs per trial"
+        + (f" (at most {s['trial_minutes']} min)" if s["trial_minutes"] else "")
+        + f", {s['minutes']} min per study (no trial starts after it, and the running one "
+        "stops after the epoch that passes it). Validation: the 18 "
+        "images of the held-out patients 4, 5, 6, 11, 14, 15 (the bundled model's); no test "
+        "image was read.", "",
         "| study | trials (complete / pruned / failed) | minutes | best validation object Dice |",
         "|---|---|---|---|",
     ]
@@ -175,8 +178,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(DEFAULT_GLAS))
     ap.add_argument("--work", default="runs/bench-search")
     ap.add_argument("--minutes", type=float, default=7.0, help="budget per study")
-    ap.add_argument("--trial-minutes", type=float, default=1.0)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--trial-minutes", type=float, default=None,
+                    help="time budget per trial (default: none, --epochs only)")
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--trials", type=int, default=9, help="at most this many per study")
@@ -184,7 +188,14 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 short trial each")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redraw the figure and README_search.md from search_benchmark.json")
     args = ap.parse_args()
+    if args.report_only:
+        summary = json.loads((RESULTS / "search_benchmark.json").read_text())
+        plot(summary["studies"], summary["recipe"], RESULTS / "search_benchmark.png")
+        write_readme(summary, HERE / "README_search.md")
+        return 0
     if args.quick:
         args.minutes, args.trial_minutes, args.epochs, args.trials = 0.1, 0.1, 1, 1
         args.work = str(Path(args.work) / "quick")

@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-weights", action="store_true",
                    help="keep each trial's checkpoints (default: logs and config only)")
     p.add_argument("--timeout-minutes", type=float_in(0, 1e7), default=None,
-                   help="start no new trial after this many minutes")
+                   help="time limit of the search: no trial starts after it, and running "
+                        "trials stop after the epoch that passes it")
     p.add_argument("--max-failures", type=int_in(1, 100_000), default=None,
                    help="stop after this many crashed trials (default: --trials, at least 3)")
     p.set_defaults(func=run)

@@ -57,8 +57,9 @@ class SearchConfig:
     hold; ``epochs``, ``scale``, ``repeats``, ``val_fraction``, ``seed``, ``pretrained``,
     ``model_args``: the fixed training settings of every trial (a space may override
     epochs, scale and repeats); ``loader_workers``: DataLoader processes per trial;
-    ``workers``: trial processes on this machine; ``timeout_minutes``: start no trial after
-    this; ``max_failures``: stop after this many crashed trials (default: ``trials``);
+    ``workers``: trial processes on this machine; ``timeout_minutes``: the search's time
+    limit: no trial starts after it, and running trials stop after the epoch that passes it
+    (their time budget is what is left); ``max_failures``: stop after this many crashed trials (default: ``trials``);
     ``enqueue``: parameter sets to try first (e.g. a recipe, as a baseline)."""
 
     model: str = "unet-lite0"
@@ -281,8 +282,9 @@ class Objective:
     """One trial: sample the parameters, train through :class:`~glandseg.train.loop.Trainer`
     reporting each epoch's validation object Dice, return the best."""
 
-    def __init__(self, cfg: SearchConfig, space: SearchSpace) -> None:
-        self.cfg, self.space = cfg, space
+    def __init__(self, cfg: SearchConfig, space: SearchSpace,
+                 deadline: float | None = None) -> None:
+        self.cfg, self.space, self.deadline = cfg, space, deadline
         self.trials_dir = cfg.study_dir / "trials"
 
     def stage_space(self, trial) -> tuple[int, SearchSpace]:
@@ -320,9 +322,13 @@ class Objective:
         c = self.cfg
         tp = dict(tp)
         model_args = {**c.model_args, **tp.pop("model_args", {})}
+        budget = c.minutes_per_trial
+        if self.deadline is not None:  # the search's end: the trial stops after that epoch
+            left = max(0.0, (self.deadline - time.time()) / 60)
+            budget = left if budget is None else min(budget, left)
         args = dict(model=c.model, data=c.data, out=str(run), epochs=c.epochs, scale=c.scale,
                     repeats=c.repeats, val_fraction=c.val_fraction, val_every=1,
-                    max_minutes=c.minutes_per_trial, device=c.device, seed=c.seed,
+                    max_minutes=budget, device=c.device, seed=c.seed,
                     workers=c.loader_workers, pretrained=c.pretrained,
                     tune_postprocess=c.tune_postprocess, model_args=model_args)
         args.update(tp)
@@ -394,6 +400,9 @@ class Objective:
             done(fail_kind="error", fail_reason=_reason(exc))
             _free_gpu()
             raise
+        except KeyboardInterrupt:
+            done(fail_kind="interrupted", fail_reason="interrupted (Ctrl-C)")
+            raise
         scores = [r["val_object_dice"] for r in rows if r["val_object_dice"] >= 0]
         if self.cfg.tune_postprocess and "tuned_object_dice" in trainer.cfg.get("validation", {}):
             value = float(trainer.cfg["validation"]["tuned_object_dice"])
@@ -451,7 +460,7 @@ def work(cfg: SearchConfig, index: int = 0, deadline: float | None = None) -> Co
     probe = open_study(cfg, space, storage)
     seed = (cfg.seed * 1_000_003 + 7919 * index + len(probe.trials)) % 2**32
     study = open_study(cfg, space, storage, _sampler(cfg, seed), _pruner(cfg, space))
-    objective = Objective(cfg, space)
+    objective = Objective(cfg, space, deadline)
     max_failures = cfg.max_failures if cfg.max_failures is not None else max(3, cfg.trials)
     if index == 0 and cfg.enqueue and not study.trials:
         for params in cfg.enqueue:

@@ -396,3 +396,19 @@ def test_train_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
         assert main(["train", "--params", str(best), "--data", "D", "--out", "x"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and str(best) in err
+
+
+def test_time_limit_caps_the_trials_budget(tmp_path: Path, data: Path) -> None:
+    from glandseg.search.study import Objective
+
+    cfg = tiny(data, tmp_path / "study")
+    space = load_space(cfg.model, cfg.space, cfg.pretrained)
+    tp = {"lr": 0.01, "loss_weights": {"dice": 0.2}, "model_args": {"batch_norm": True}}
+    tc = Objective(cfg, space, deadline=time.time() + 30).train_config(tp, tmp_path / "r")
+    assert 0.45 < tc.max_minutes <= 0.5 and tc.val_every == 1 and tc.lr == 0.01
+    assert tc.model_args == {"width": 4, "batch_norm": True}
+    assert tc.loss_weights == {"dice": 0.2} and tc.seed == cfg.seed
+    capped = tiny(data, tmp_path / "study", minutes_per_trial=0.1)
+    assert Objective(capped, space, deadline=time.time() + 30).train_config(
+        tp, tmp_path / "r").max_minutes == 0.1
+    assert Objective(cfg, space).train_config(tp, tmp_path / "r").max_minutes is None
