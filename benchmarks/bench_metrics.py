@@ -302,7 +302,8 @@ def report(res: dict) -> str:
         f"of a per-image score {res['check']['max_abs_diff_per_image_scores']:.3g}, of a "
         f"per-image area-weighted sum (relative) {res['check']['max_rel_diff_per_image_sums']:.3g}, "
         f"of a pooled or per-image-mean part score "
-        f"{res['check']['max_abs_diff_part_scores']:.3g} (floating-point summation order).",
+        f"{res['check']['max_abs_diff_part_scores']:.3g} (0 = identical to the last bit; both "
+        "sides sum with `math.fsum`).",
         "",
         "| part | images | pooled F1 | pooled object Dice | pooled object Hausdorff | TP | FP | FN |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
