@@ -4,12 +4,16 @@ Mask R-CNN post-processing tuning that the device run did not finish.
 Run on the run folders brought back from the device (runs/gpu1/*, checkpoint format of
 that time: last_state.json), as `.venv/bin/python results/validation_checks.py tta|mrcnn`;
 output in results/validation_checks.log."""
-import json, sys, time
+import json
+import sys
+import time
+
 from glandseg.data.discover import discover
 from glandseg.data.io import read_image, read_label
 from glandseg.infer.predictor import Predictor
 from glandseg.metrics.score import score_pairs
 from glandseg.train import checkpoint as ckpt
+
 
 def val_data(run):
     cfg = json.load(open(f"{run}/config.json"))
@@ -18,7 +22,8 @@ def val_data(run):
 
 what = sys.argv[1]
 if what == "tta":
-    run = "runs/gpu1/u0-full"; vd = val_data(run)
+    run = "runs/gpu1/u0-full"
+    vd = val_data(run)
     for tta in (False, True):
         t = time.time()
         p = Predictor.from_name(run, device="cpu", tta=tta)
@@ -27,7 +32,8 @@ if what == "tta":
         print(f"tta={tta}", {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}, f"{time.time()-t:.0f}s", flush=True)
 elif what == "mrcnn":
     from glandseg.infer.instances import tune_instances
-    run = "runs/gpu1/mr0-half"; vd = val_data(run)
+    run = "runs/gpu1/mr0-half"
+    vd = val_data(run)
     p = Predictor.from_name(run, device="cpu")
     params, score = tune_instances(p, vd)
     cfg = ckpt.load_json(f"{run}/config.json")
