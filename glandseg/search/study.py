@@ -152,7 +152,8 @@ def _pruner(cfg: SearchConfig, space: SearchSpace):
     if cfg.pruner == "none":
         return optuna.pruners.NopPruner()
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # epochs are steps 1, 2, ..
+        # steps are epochs 1, 2, ...: no pruning on the first epoch
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     if cfg.pruner == "hyperband":
         epochs = _max_epochs(cfg, space)
         # a time budget may end trials early: then learn the resource from finished trials

@@ -21,12 +21,14 @@ What differs from one process, hook by hook (the epoch loop itself is the Traine
 - the time budget (``--max-minutes``) is rank 0's clock, shared at every epoch start and
   end, so every process stops after the same epoch and follows the same learning rate;
 - ``--resume``: rank 0 verifies and republishes the commit, then every process loads the
-  same weights and optimizer state;
+  same weights and optimizer state (so on several machines the run folder, like the data,
+  must be on a file system that all of them see);
 - each rank draws its own augmentation (random state seeded by seed, epoch and rank).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -40,6 +42,9 @@ from glandseg.train import runstate
 from glandseg.train.loop import TrainConfig, Trainer, _worker_init, seed_everything
 
 log = logging.getLogger(__name__)
+
+#: How long a process waits at a collective (e.g. for rank 0's validation) before failing.
+COLLECTIVE_TIMEOUT_MIN = 120
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,10 @@ class DistributedTrainer(Trainer):
     def fit(self):
         own = not dist.is_initialized()
         if own:
+            # rank 0 validates and tunes alone: the others may wait that long at a collective
             dist.init_process_group(self.backend, rank=self.env.rank,
-                                    world_size=self.env.world_size)
+                                    world_size=self.env.world_size,
+                                    timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
         try:
             return super().fit()
         finally:
