@@ -85,7 +85,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Grey images are repeated to three channels, an alpha channel is dropped,
     16-bit images are scaled to 8 bits.
     """
-    arr = _read_raw(Path(path), rgb=True)
+    return as_rgb8(_read_raw(Path(path), rgb=True), path)
+
+
+def as_rgb8(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Decoded pixels ``(H, W)`` / ``(H, W, 1|3|4)`` (uint8, uint16 or bool) → writable
+    ``uint8 (H, W, 3)``: grey repeated to three channels, alpha dropped, 16 bit scaled to 8.
+    Other layouts and dtypes are a one-line error naming ``path``."""
     if arr.dtype == np.uint16:
         arr = (arr // 257).astype(np.uint8)
     elif arr.dtype == bool:
@@ -93,7 +99,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif arr.dtype != np.uint8:
         raise GlandsegError(f"{path}: unsupported image dtype {arr.dtype}; save it as 8-bit RGB")
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., None]
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise GlandsegError(f"{path}: expected an RGB image, got an array of shape {arr.shape}")
     out = np.ascontiguousarray(arr[..., :3])

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from glandseg import GlandsegError
+from glandseg.data.io import as_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -192,21 +193,6 @@ class Slide:
         self.close()
 
 
-def _to_rgb(a: np.ndarray, path: Path) -> np.ndarray:
-    """Decoded pixels ``(h, w)`` / ``(h, w, S)`` → ``uint8 (h, w, 3)``."""
-    if a.dtype == np.uint16:
-        a = (a // 257).astype(np.uint8)
-    elif a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        raise GlandsegError(f"{path}: unsupported pixel type {a.dtype}; save it as 8-bit RGB")
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
-
-
 class TiffSlide(Slide):
     """A TIFF read with tifffile, segment by segment (tiles or strips), level by level."""
 
@@ -279,7 +265,7 @@ class TiffSlide(Slide):
                 a = p.asarray()
                 if p.planarconfig == 2 and a.ndim == 3:
                     a = np.moveaxis(a, 0, -1)
-                self._whole = (level, _to_rgb(a, self.path))
+                self._whole = (level, as_rgb8(a, self.path))
             return self._whole[1][y:y + h, x:x + w]
         samples = p.samplesperpixel
         if p.compression == 1 and p.is_contiguous:  # uncompressed: read rows directly
@@ -291,7 +277,7 @@ class TiffSlide(Slide):
                 fh.seek(p.dataoffsets[0] + (y + r) * row_bytes + x * samples * dt.itemsize)
                 buf = fh.read(w * samples * dt.itemsize)
                 out[r] = np.frombuffer(buf, dt).reshape(w, samples)
-            return _to_rgb(out, self.path)
+            return as_rgb8(out, self.path)
         if p.is_tiled:
             th, tw = p.tilelength, p.tilewidth
         else:
@@ -309,7 +295,7 @@ class TiffSlide(Slide):
                 cx1 = min(x + w, sx0 + seg.shape[1], W)
                 out[cy0 - y:cy1 - y, cx0 - x:cx1 - x] = seg[cy0 - sy0:cy1 - sy0,
                                                             cx0 - sx0:cx1 - sx0, :samples]
-        return _to_rgb(out, self.path)
+        return as_rgb8(out, self.path)
 
     def close(self) -> None:
         self._tif.close()

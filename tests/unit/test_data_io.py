@@ -159,3 +159,25 @@ def test_atomic_write_ordinary_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_as_rgb8_is_the_one_pixel_conversion() -> None:
+    """read_image and the slide reader share as_rgb8: grey/1-channel/alpha/16-bit → uint8 RGB."""
+    import numpy as np
+    import pytest
+
+    from glandseg import GlandsegError
+    from glandseg.data.io import as_rgb8
+
+    grey = np.arange(12, dtype=np.uint16).reshape(3, 4) * 257
+    out = as_rgb8(grey, "x.tif")
+    assert out.shape == (3, 4, 3) and out.dtype == np.uint8 and (out[..., 2] == np.arange(12).reshape(3, 4)).all()
+    assert as_rgb8(np.zeros((2, 2, 1), np.uint8), "x").shape == (2, 2, 3)
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba.setflags(write=False)
+    out = as_rgb8(rgba, "x")
+    assert out.shape == (2, 2, 3) and out.flags.writeable
+    with pytest.raises(GlandsegError, match="x.tif: unsupported image dtype"):
+        as_rgb8(np.zeros((2, 2), np.float32), "x.tif")
+    with pytest.raises(GlandsegError, match="expected an RGB image"):
+        as_rgb8(np.zeros((2, 2, 2), np.uint8), "x")
