@@ -113,3 +113,15 @@ def make_glas(tmp_path: Path) -> Callable[..., Path]:
         return make_glas_folder(tmp_path / f"glas{next(counter)}", **kw)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is several times faster on a busy 2-core machine.
+    Modules that want it: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

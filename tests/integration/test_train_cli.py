@@ -24,15 +24,7 @@ TINY = ["--model", "unet", "--model-args", '{"width": 4}', "--pretrained", "none
         "--repeats", "1", "--no-tune", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is several times faster on a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

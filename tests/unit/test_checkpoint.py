@@ -16,14 +16,7 @@ from glandseg.models import registry
 from glandseg.models.unet import UNet
 from glandseg.train import checkpoint as ckpt
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is several times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet(seed: int, **kw) -> UNet:

@@ -29,13 +29,7 @@ from glandseg.report.slide import write_slide_outputs
 SMALL = SlideConfig(core=256, margin=64, thumb_side=256)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny windows: one torch thread is several times faster on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Dark(nn.Module):

@@ -24,13 +24,7 @@ RUN_FILES = {"config.json", "best.safetensors", "last.safetensors", "metrics.csv
              "train.log", "checkpoint.json", "checkpoint"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is several times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from glandseg import GlandsegError
 from glandseg.models.unet import UNet
 from glandseg.train import runstate
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(BaseException):
