@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-file", default=None,
                    help="maskrcnn: local file with the --pretrained weights (.safetensors, or a "
                         "torchvision .pth read tensors-only), for machines without internet")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from a trained model's weights (bundled name such as glas-unet, "
+                        "a run folder or a .safetensors file): fine-tuning, e.g. on your own "
+                        "annotated images; architecture, resolution and tiling come from it")
+    p.add_argument("--robust", action="store_true",
+                   help="acquisition-robustness augmentation: stronger H&E stain shifts, "
+                        "Gaussian blur (sigma 0.3-2 px) and JPEG compression (quality 40-95)")
     p.add_argument("--no-tune", dest="tune_postprocess", action="store_false",
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
@@ -122,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, workers=args.workers, repeats=args.repeats,
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
         resume=args.resume, preset=args.preset, pretrained=pretrained,
-        tune_postprocess=args.tune_postprocess, model_args=model_args, **extra,
+        tune_postprocess=args.tune_postprocess, model_args=model_args, init=args.init,
+        robust=args.robust, **extra,
     )
     run_dir = train(tc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0

@@ -34,7 +34,11 @@ from glandseg.data.io import write_text
 FORMAT = "glandseg-grader"
 VERSION = 1
 CLASSES = ("benign", "malignant")
-FEATURE_SETS = ("morphometrics", "encoder", "both")
+#: Candidate feature sets: gland morphometrics; the pooled encoder features of every stage;
+#: of the last stage only (stride 32: tissue architecture, least stain-bound) or of the last
+#: two; morphometrics with all / the last stage.
+FEATURE_SETS = ("morphometrics", "encoder", "encoder-last", "encoder-last2", "both",
+                "both-last")
 #: The bundled grader (package data).
 BUNDLED_PATH = Path(__file__).parent / "weights" / "glas-grade.json"
 

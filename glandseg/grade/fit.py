@@ -29,7 +29,13 @@ import numpy as np
 from glandseg import GlandsegError
 from glandseg.data.discover import Sample, discover
 from glandseg.data.io import read_image, read_label, write_label, write_text
-from glandseg.grade.classifier import CLASSES, Grader, Segmentation, binary_metrics
+from glandseg.grade.classifier import (
+    CLASSES,
+    FEATURE_SETS,
+    Grader,
+    Segmentation,
+    binary_metrics,
+)
 from glandseg.grade.engine import image_features
 from glandseg.grade.features import (
     FEATURES_VERSION,
@@ -41,7 +47,6 @@ from glandseg.grade.features import (
 log = logging.getLogger(__name__)
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-FEATURE_SETS = ("morphometrics", "encoder", "both")
 
 
 def collect_features(samples: Sequence[Sample], predictor, cache: str | Path | None,
@@ -76,16 +81,28 @@ def collect_features(samples: Sequence[Sample], predictor, cache: str | Path | N
     return rows
 
 
+def _stage(name: str) -> int:
+    return int(name[3:].split("_")[0])  # enc{stage}_{channel}
+
+
 def feature_names(rows: Sequence[dict], feature_set: str) -> list[str]:
-    """The columns of ``feature_set`` (``morphometrics``, ``encoder`` or ``both``)."""
+    """The columns of ``feature_set`` (one of :data:`FEATURE_SETS`): ``morphometrics``,
+    ``encoder`` (every stage), ``encoder-last`` / ``encoder-last2`` (the deepest one / two
+    stages), ``both`` / ``both-last`` (morphometrics + every / the deepest stage)."""
     enc = [k for k in rows[0] if k.startswith("enc")]
-    if feature_set == "morphometrics":
-        return list(MORPHOMETRIC_NAMES)
-    if feature_set == "encoder":
-        return enc
-    if feature_set == "both":
-        return list(MORPHOMETRIC_NAMES) + enc
-    raise ValueError(f"unknown feature set {feature_set!r}")
+    last = max((_stage(k) for k in enc), default=-1)
+    sets = {
+        "morphometrics": list(MORPHOMETRIC_NAMES),
+        "encoder": enc,
+        "encoder-last": [k for k in enc if _stage(k) == last],
+        "encoder-last2": [k for k in enc if _stage(k) >= last - 1],
+        "both": list(MORPHOMETRIC_NAMES) + enc,
+        "both-last": list(MORPHOMETRIC_NAMES) + [k for k in enc if _stage(k) == last],
+    }
+    if feature_set not in sets:
+        raise ValueError(f"unknown feature set {feature_set!r}")
+    names = sets[feature_set]
+    return names if (feature_set == "morphometrics" or enc) else []
 
 
 def block_weights(names: Sequence[str]) -> np.ndarray:

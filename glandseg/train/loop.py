@@ -74,6 +74,12 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     augment_strength: float = 1.0  # scales every random augmentation (AugmentConfig.strength)
     loss_weights: dict = field(default_factory=dict)  # glandseg.train.params.LOSS_PARTS
+    #: Start from a trained model (bundled name, run folder or .safetensors file): its
+    #: architecture, preprocessing, tiling and post-processing are kept, its weights loaded
+    #: before the first step (fine-tuning, e.g. on a lab's own annotated images).
+    init: str | None = None
+    #: Acquisition-robustness augmentation (AugmentConfig.robust: stain, blur, JPEG).
+    robust: bool = False
 
     def resolved_stages(self) -> list[dict]:
         if self.stages:
@@ -173,8 +179,8 @@ class Trainer:
                 self.cfg["train"]["max_minutes"] = tc.max_minutes
         else:
             runstate.refuse_existing(self.run)
+            self.cfg = self._initial_config()
             self.run.mkdir(parents=True, exist_ok=True)
-            self.cfg = registry.default_config(tc.model)
             if tc.scale is not None:
                 self.cfg["preprocess"]["scale"] = tc.scale
             if tc.tile is not None:  # inference tile side at the working scale
@@ -184,6 +190,9 @@ class Trainer:
                                       "batch_size": 1}
             self.cfg["model_args"].update(tc.model_args)
             self.cfg["train"] = {**dataclasses.asdict(tc), "stages": tc.resolved_stages()}
+            self.cfg["train"]["model"] = self.cfg["model"]
+            if tc.init:
+                self.cfg["train"]["init_weights"] = str(self._init_weights)
             ckpt.save_json(self.run / "config.json", self.cfg)
         fh = logging.FileHandler(self.run / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -209,7 +218,7 @@ class Trainer:
                                                                  t["seed"])
         self.task = make_task(self.cfg)
         scale = self.cfg["preprocess"]["scale"]
-        aug = train_transform(AugmentConfig(crop=t["crop"],
+        aug = train_transform(AugmentConfig(crop=t["crop"], robust=bool(t.get("robust")),
                                             strength=t.get("augment_strength", 1.0)))
         self.train_ds = GlasDataset(self.train_samples, aug, scale=scale, cache=True,
                                     target_fn=self.task.target_fn, repeats=t["repeats"])
@@ -220,8 +229,38 @@ class Trainer:
         log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
                  len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
 
+    def _initial_config(self) -> dict:
+        """The model config a new run starts from: the registry default of ``--model``, or
+        with ``init`` the trained model's own config (its architecture must be ``--model``'s
+        family when both are given)."""
+        tc = self.tc
+        if not tc.init:
+            return registry.default_config(tc.model)
+        from glandseg.models.store import resolve_model
+
+        try:
+            cfg, weights = resolve_model(tc.init)
+        except GlandsegError as exc:
+            raise GlandsegError(f"--init: {exc}") from exc
+        if weights is None:
+            raise GlandsegError(f"--init {tc.init}: has no trained weights to start from; give a "
+                                "bundled model (glas-unet), a run folder or a .safetensors file")
+        if tc.model != cfg["model"] and tc.model != TrainConfig.model:
+            raise GlandsegError(f"--init {tc.init} is a {cfg['model']} model, not {tc.model}; "
+                                "drop --model (the architecture comes from --init)")
+        self._init_weights = weights
+        return {k: v for k, v in cfg.items()
+                if k in ("model", "task", "preprocess", "model_args", "tiling", "postprocess")}
+
     def setup_model(self) -> None:
-        self.model = registry.build_model(self.cfg, pretrained=self.cfg["train"]["pretrained"])
+        t = self.cfg["train"]
+        init = t.get("init")
+        self.model = registry.build_model(self.cfg, pretrained=t["pretrained"] and not init)
+        if init and not self.tc.resume:  # a resumed run loads its own weights
+            from glandseg.models.store import load_weights
+
+            load_weights(self.model, self._init_weights)
+            log.info("starting from the weights of %s (%s)", init, self._init_weights)
         self.model.to(self.device)
         self.net = self.model  # what the loss calls (DistributedTrainer: the DDP wrapper)
         pre = self.cfg["preprocess"]

@@ -272,3 +272,57 @@ def test_tune_postprocess_custom_grid() -> None:
     assert params == {"foreground_threshold": 0.5, "min_area": 10, "split_h": 0.0,
                       "fill_holes": True}
     assert 0.0 < dice < 1.0  # only disc A is found
+
+
+def test_init_starts_from_a_trained_models_weights(two_epoch_run: Path, data: Path,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``init``: the new run takes the trained model's architecture and config (here a
+    width-4 U-Net although ``model`` is left at its default) and its weights before the
+    first step (checked by capturing the weights the first training step starts from)."""
+    seen: list[dict] = []
+    original = Trainer.train_epoch
+
+    def spy(self: Trainer, epoch: int) -> float:
+        if not seen:
+            seen.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", spy)
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "ft"), init=str(two_epoch_run),
+                            epochs=1, crop=48, workers=0, batch_size=2, repeats=1,
+                            tune_postprocess=False, device="cpu", robust=True))
+    start = load_file(str(two_epoch_run / "best.safetensors"))
+    assert seen[0].keys() == start.keys()
+    assert all(torch.equal(seen[0][k], start[k].to(seen[0][k].dtype)) for k in start)
+    cfg = ckpt.load_json(run / "config.json")
+    assert cfg["model"] == "unet" and cfg["model_args"]["width"] == 4
+    assert cfg["train"]["init"] == str(two_epoch_run) and cfg["train"]["robust"] is True
+    assert cfg["train"]["init_weights"].endswith("best.safetensors")
+    # the fine-tuned weights moved away from the start
+    end = load_file(str(run / "last.safetensors"))
+    assert any(not torch.equal(end[k].float(), start[k].float()) for k in start)
+
+
+def test_init_errors(two_epoch_run: Path, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(GlandsegError, match="no trained weights"):
+        train(tiny(data, tmp_path / "a", init="unet-lite0"))
+    with pytest.raises(GlandsegError, match="not maskrcnn"):
+        train(tiny(data, tmp_path / "b", init=str(two_epoch_run), model="maskrcnn"))
+    with pytest.raises(GlandsegError, match="^--init: .*nothing.json"):
+        train(tiny(data, tmp_path / "c", init=str(tmp_path / "nothing.safetensors")))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_robust_flag_reaches_the_augmentation(data: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import glandseg.train.loop as loop
+
+    got = []
+    real = loop.train_transform
+    monkeypatch.setattr(loop, "train_transform", lambda cfg: got.append(cfg) or real(cfg))
+    t = Trainer(tiny(data, tmp_path / "r", robust=True, epochs=1))
+    t.setup_run()
+    t.setup_data()
+    t.finish()
+    assert got and got[0].robust is True
