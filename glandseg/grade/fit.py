@@ -3,11 +3,14 @@ cross-validation (scikit-learn), and write it as JSON.
 
 Protocol: features of the 85 training images come from the segmentation model's labels and
 encoder (:mod:`glandseg.grade.features`; labels and features cached under ``--cache``,
-keyed by the model's weight fingerprint). Every candidate (feature set: morphometrics,
-encoder, both; L2 strength ``C``) is scored by leave-one-patient-out cross-validation
-(imputation, standardisation and the logistic regression refit inside each fold); the
-candidate with the best out-of-fold balanced accuracy (then ROC AUC, then the smaller
-``C``) is refit on all training images and saved. Test A/B are never read here.
+keyed by the model's weight fingerprint). Every candidate (feature set of
+:data:`~glandseg.grade.classifier.FEATURE_SETS`: morphometrics, encoder stages, both; L2
+strength ``C``) is scored by leave-one-patient-out cross-validation (imputation,
+standardisation and the logistic regression refit inside each fold); the candidate with
+the best out-of-fold balanced accuracy at 0.5 (then ROC AUC, then the smaller ``C``) is
+refit on all training images and saved, with the decision threshold that maximises its
+out-of-fold balanced accuracy (:func:`choose_threshold`; ``--threshold`` overrides).
+Test A/B are never read here.
 
     python -m glandseg.grade.fit --data ../shared/glas --model glas-unet \\
         --out glandseg/grade/weights/glas-grade.json
@@ -154,6 +157,35 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, names: Sequ
     return p
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def choose_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The decision threshold on ``p(malignant)`` ``(n,)`` that maximises the balanced
+    accuracy of the out-of-fold probabilities ``p`` against ``y`` (bool): candidates are
+    the midpoints (in log-odds) between consecutive distinct probabilities; among equally
+    good ones the widest gap in log-odds wins, then the one nearest 0.5. Returns
+    ``(threshold, balanced accuracy there)``. A linear model's 0.5 need not be right
+    for images it did not see: this is the cross-validated choice."""
+    z = np.unique(_logit(np.asarray(p, dtype=np.float64)))
+    if len(z) < 2:
+        return 0.5, 0.5
+    mids, gaps = (z[:-1] + z[1:]) / 2, np.diff(z)
+    lz = _logit(np.asarray(p, dtype=np.float64))
+    y = np.asarray(y, dtype=bool)
+
+    def bacc(t: float) -> float:
+        pred = lz >= t
+        return 0.5 * (pred[y].mean() + (~pred[~y]).mean())
+
+    scores = np.array([bacc(t) for t in mids])
+    best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
+    i = max(best, key=lambda k: (round(float(gaps[k]), 9), -abs(float(mids[k]))))
+    return float(1 / (1 + np.exp(-mids[i]))), float(scores[i])
+
+
 def select(rows: Sequence[dict], samples: Sequence[Sample],
            feature_sets: Sequence[str] = FEATURE_SETS,
            c_grid: Sequence[float] = C_GRID) -> tuple[list[dict], dict]:
@@ -186,9 +218,12 @@ def select(rows: Sequence[dict], samples: Sequence[Sample],
 
 def fit_grader(data: str | Path, model: str = "glas-unet", cache: str | Path | None = None,
                feature_sets: Sequence[str] = FEATURE_SETS, c_grid: Sequence[float] = C_GRID,
-               device: str = "auto", progress: bool = True) -> Grader:
+               device: str = "auto", progress: bool = True,
+               threshold: float | None = None) -> Grader:
     """Fit a grader on the graded training images of the GlaS folder ``data`` (see the
-    module doc); ``model``: the segmentation model (name, run folder or file)."""
+    module doc); ``model``: the segmentation model (name, run folder or file);
+    ``threshold``: the decision threshold (``None``: chosen by cross-validation,
+    :func:`choose_threshold`)."""
     import sklearn
 
     from glandseg.infer.predictor import Predictor
@@ -206,6 +241,15 @@ def fit_grader(data: str | Path, model: str = "glas-unet", cache: str | Path | N
     X = np.array([[r[n] for n in names] for r in rows], dtype=np.float64)
     y = np.array([s.grade == CLASSES[1] for s in samples])
     mean, scale, coef, intercept = _fit_one(X, y, names, best["C"])
+    if threshold is None:  # chosen on the chosen candidate's out-of-fold probabilities
+        groups = np.array([s.patient if s.patient is not None else -i - 1
+                           for i, s in enumerate(samples)])
+        oof = cross_validate(X, y, groups, names, best["C"])
+        threshold, oof_bacc = choose_threshold(oof, y)
+        how = ("chosen on the out-of-fold probabilities of the chosen candidate (leave-one-"
+               "patient-out): the widest log-odds gap of maximal balanced accuracy")
+    else:
+        oof_bacc, how = None, "given"
     n_mal = int(y.sum())
     fit = {
         "data": "GlaS training part: graded images, Grade.csv",
@@ -220,11 +264,13 @@ def fit_grader(data: str | Path, model: str = "glas-unet", cache: str | Path | N
         "candidates": [{k: r[k] for k in ("feature_set", "C", "n_features",
                                           "balanced_accuracy", "accuracy", "roc_auc")}
                        for r in table],
+        "threshold": {"value": threshold, "how": how,
+                      "out_of_fold_balanced_accuracy": oof_bacc},
         "seconds": round(time.time() - t0, 1),
     }
     return Grader(features=tuple(names), mean=mean, scale=scale, coef=coef,
                   intercept=intercept, segmentation=Segmentation(str(model), fp),
-                  feature_set=best["feature_set"], fit=fit)
+                  feature_set=best["feature_set"], threshold=threshold, fit=fit)
 
 
 def _cv_table(fit: dict) -> str:
@@ -246,23 +292,37 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for cached labels/features (default runs/grade-cache)")
     ap.add_argument("--feature-sets", default=",".join(FEATURE_SETS),
                     help="comma-separated candidates (default: all)")
+    ap.add_argument("--threshold", default="auto",
+                    help="decision threshold on p(malignant): auto (chosen on the out-of-fold "
+                         "probabilities, default) or a number in (0, 1)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    threshold = None
+    if args.threshold != "auto":
+        try:
+            threshold = float(args.threshold)
+        except ValueError:
+            threshold = -1.0
+        if not 0 < threshold < 1:
+            ap.error(f"--threshold must be auto or a number in (0, 1), got {args.threshold}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sets = [s for s in args.feature_sets.split(",") if s]
     bad = [s for s in sets if s not in FEATURE_SETS]
     if bad:
         ap.error(f"unknown feature set(s) {bad}; choose from {FEATURE_SETS}")
     try:
-        grader = fit_grader(args.data, args.model, args.cache or None, sets, device=args.device)
+        grader = fit_grader(args.data, args.model, args.cache or None, sets, device=args.device,
+                            threshold=threshold)
     except GlandsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     grader.save(args.out)
     print(_cv_table(grader.fit))
     c = grader.fit["chosen"]
+    t = grader.fit["threshold"]
     print(f"chosen: {c['feature_set']}, C={c['C']:g} (leave-one-patient-out balanced accuracy "
-          f"{c['balanced_accuracy']:.3f}, AUC {c['roc_auc']:.3f}) → {args.out}")
+          f"{c['balanced_accuracy']:.3f} at 0.5, AUC {c['roc_auc']:.3f}); threshold "
+          f"{t['value']:.3f} ({t['how'].split(':')[0]}) → {args.out}")
     return 0
 
 

@@ -60,6 +60,10 @@ def train_command(train: dict, data: str = "GLAS", out: str = "RUN") -> str:
         parts.append("--no-tune")
     if train.get("model_args"):
         parts += ["--model-args", json.dumps(train["model_args"], sort_keys=True)]
+    if train.get("init"):
+        parts += ["--init", str(train["init"])]
+    if train.get("robust"):
+        parts.append("--robust")
     return shlex.join(parts)
 
 
@@ -130,9 +134,16 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
                        "export_machine": f"{platform.machine()} {platform.node()}"},
         "weights": "fp16 safetensors; every figure below was measured on these fp16 files",
     }
+    if train.get("init"):  # fine-tuned: name the starting weights (before any overwrite)
+        import hashlib
+
+        src = Path(train.get("init_weights") or "")
+        card["init"] = {"model": train["init"], "weights": str(src),
+                        "weights_sha256": hashlib.sha256(src.read_bytes()).hexdigest()
+                        if src.is_file() else "not available at export"}
     out_cfg = {k: v for k, v in cfg.items() if k != "train"}
     out_cfg["train"] = {k: train.get(k) for k in ("stages", "crop", "scale", "tile", "repeats",
-                                                  "seed", "max_minutes")}
+                                                  "seed", "max_minutes", "init", "robust")}
     out_cfg["model_card"] = card
     wpath = dest / f"{name}.safetensors"
     ckpt.save_weights(wpath, model, half=True, metadata={"name": name})

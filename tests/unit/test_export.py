@@ -66,12 +66,13 @@ def test_train_command_round_trips_through_the_cli_parser() -> None:
              "optimizer": "adamw", "weight_decay": 0.0001, "schedule": "cosine", "crop": 512,
              "scale": 1.0, "tile": 1024, "repeats": 20, "workers": 4, "val_fraction": 0.2,
              "val_every": 1, "max_minutes": 6.5, "seed": 0, "device": "cuda",
-             "model_args": {"encoder": "lite2"}, "pretrained": True}
+             "model_args": {"encoder": "lite2"}, "pretrained": True, "init": "glas-unet",
+             "robust": True}
     cmd = shlex.split(train_command(train))
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args(cmd[1:])
     for key in ("model", "epochs", "batch_size", "lr", "optimizer", "crop", "scale", "tile",
-                "repeats", "max_minutes", "device"):
+                "repeats", "max_minutes", "device", "init", "robust"):
         assert getattr(args, key) == train[key], key
     assert json.loads(args.model_args) == {"encoder": "lite2"}

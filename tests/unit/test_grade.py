@@ -378,3 +378,30 @@ def test_bundled_grader_fits_the_bundled_segmentation_model() -> None:
         "(python -m glandseg.grade.fit --data GLAS --out glandseg/grade/weights/glas-grade.json)")
     assert g.fit["cv"].startswith("leave-one-patient-out")
     assert g.fit["n_images"] == 85
+
+
+def test_choose_threshold_maximises_out_of_fold_balanced_accuracy() -> None:
+    from glandseg.grade.fit import choose_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)
+    # separable below 0.5: the threshold moves into the gap (0.2, 0.3), in log-odds middle
+    p = np.array([0.05, 0.1, 0.15, 0.2, 0.3, 0.6, 0.8, 0.9])
+    t, b = choose_threshold(p, y)
+    assert 0.2 < t < 0.3 and b == 1.0
+    mid = 1 / (1 + np.exp(-(np.log(0.2 / 0.8) + np.log(0.3 / 0.7)) / 2))
+    assert t == pytest.approx(mid)
+    # not separable: the best balanced accuracy, the widest gap among equals
+    p2 = np.array([0.1, 0.2, 0.7, 0.35, 0.4, 0.6, 0.8, 0.9])
+    t2, b2 = choose_threshold(p2, y)
+    pred = p2 >= t2
+    assert b2 == pytest.approx(0.5 * (pred[y].mean() + (~pred[~y]).mean()))
+    assert b2 == pytest.approx(0.875)
+    assert choose_threshold(np.full(8, 0.7), y) == (0.5, 0.5)
+
+
+def test_fit_cli_threshold_option_is_checked(tmp_path: Path) -> None:
+    from glandseg.grade.fit import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "g.json"), "--threshold", "2"])
+    assert e.value.code == 2 and not (tmp_path / "g.json").exists()
