@@ -104,7 +104,7 @@ class AugmentConfig:
     color: bool = True
     elastic_p: float = 0.3
     #: Acquisition robustness, off by default: stronger H&E stain jitter (each stain x0.8 to
-    #: x1.2, p 0.5), Gaussian blur (sigma 0.3 to 2 px, p 0.25) and JPEG compression (quality
+    #: x1.2, p 0.5), Gaussian blur (sigma 0.3 to 2 px, p 0.5) and JPEG compression (quality
     #: 40 to 95, p 0.25); image only, the mask is never changed.
     robust: bool = False
     strength: float = 1.0
@@ -147,7 +147,7 @@ def robust_ops() -> list[v2.Transform]:
     shifts of another lab, out-of-focus scans, JPEG exports), on ``uint8`` images."""
     return [
         v2.RandomApply([HEDJitter(0.2, 0.02)], p=0.5),
-        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.3, 2.0))], p=0.25),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.3, 2.0))], p=0.5),
         v2.RandomApply([v2.JPEG((40, 95))], p=0.25),
     ]
 

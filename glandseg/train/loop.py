@@ -192,7 +192,11 @@ class Trainer:
             self.cfg["train"] = {**dataclasses.asdict(tc), "stages": tc.resolved_stages()}
             self.cfg["train"]["model"] = self.cfg["model"]
             if tc.init:
-                self.cfg["train"]["init_weights"] = str(self._init_weights)
+                import hashlib
+
+                w = Path(self._init_weights)
+                self.cfg["train"]["init_weights"] = str(w)
+                self.cfg["train"]["init_weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
             ckpt.save_json(self.run / "config.json", self.cfg)
         fh = logging.FileHandler(self.run / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

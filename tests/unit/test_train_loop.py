@@ -299,6 +299,10 @@ def test_init_starts_from_a_trained_models_weights(two_epoch_run: Path, data: Pa
     assert cfg["model"] == "unet" and cfg["model_args"]["width"] == 4
     assert cfg["train"]["init"] == str(two_epoch_run) and cfg["train"]["robust"] is True
     assert cfg["train"]["init_weights"].endswith("best.safetensors")
+    import hashlib
+
+    assert cfg["train"]["init_weights_sha256"] == hashlib.sha256(
+        (two_epoch_run / "best.safetensors").read_bytes()).hexdigest()
     # the fine-tuned weights moved away from the start
     end = load_file(str(run / "last.safetensors"))
     assert any(not torch.equal(end[k].float(), start[k].float()) for k in start)
