@@ -1,7 +1,9 @@
 """Print the README's result tables from the committed evaluations of the bundled models
 (glandseg/weights/NAME.eval/, written by `python -m glandseg.train.export ... --data GLAS`,
-i.e. `glandseg evaluate` on the shipped fp16 files), and draw the U-Net vs Mask R-CNN
-per-image scatter (results/unet_vs_maskrcnn_scatter.png).
+i.e. `glandseg evaluate` on the shipped fp16 files; earlier bundles' evaluations are kept in
+results/previous/), and draw the U-Net vs Mask R-CNN per-image scatter
+(results/unet_vs_maskrcnn_scatter.png) for the pair trained with equal budgets (glas-unet v2
+and glas-maskrcnn v2).
 
     .venv/bin/python results/readme_tables.py
 """
@@ -22,6 +24,11 @@ from glandseg.report.leaderboard import load_published, rank_many  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 W = ROOT / "glandseg" / "weights"
 MODELS = ("glas-unet", "glas-maskrcnn")
+#: Earlier bundles (results/previous/NAME.eval/), printed as extra rows.
+PREVIOUS = {"glas-unet": ("glas-unet-v2",)}
+#: The scatter compares the two trained with equal budgets (6.5 GPU-minutes each).
+SCATTER = {"glas-unet": ROOT / "results" / "previous" / "glas-unet-v2.eval",
+           "glas-maskrcnn": W / "glas-maskrcnn.eval"}
 COLS = (("f1", "testA"), ("f1", "testB"), ("object_dice", "testA"), ("object_dice", "testB"),
         ("object_hausdorff", "testA"), ("object_hausdorff", "testB"))
 PUB_COLS = ("f1_a", "f1_b", "object_dice_a", "object_dice_b", "object_hausdorff_a",
@@ -49,6 +56,10 @@ def main() -> None:
         print(row(f"{name} (GT regions split, per-image mean)", split, "per_image"))
         print(row(f"{name} (as given)", given, "pooled"))
         print(row(f"{name} (as given, per-image mean)", given, "per_image"))
+        for old in PREVIOUS.get(name, ()):
+            prev = json.loads((ROOT / "results" / "previous" / f"{old}.eval" /
+                               "metrics_split_gt.json").read_text())
+            print(row(f"{old} (GT regions split; previous bundle)", prev, "pooled"))
         for ref in ("CUMedVision2", "MILD-Net (with TTA)", "Freiburg2"):
             if ref in pub:
                 v = pub[ref].values
@@ -74,7 +85,7 @@ def main() -> None:
     # per-image scatter, split GT
     per = {}
     for name in MODELS:
-        with open(W / f"{name}.eval" / "per_image_split_gt.csv") as f:
+        with open(SCATTER[name] / "per_image_split_gt.csv") as f:
             per[name] = {r["stem"]: r for r in csv.DictReader(f)}
     stems = sorted(set(per[MODELS[0]]) & set(per[MODELS[1]]))
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
@@ -84,8 +95,8 @@ def main() -> None:
                    [float(per[MODELS[1]][x]["object_dice"]) for x in s], s=18, c=color,
                    label=part)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel(f"{MODELS[0]} object Dice (per image, GT split)")
-    ax.set_ylabel(f"{MODELS[1]} object Dice (per image, GT split)")
+    ax.set_xlabel("glas-unet v2 object Dice (per image, GT split)")
+    ax.set_ylabel("glas-maskrcnn v2 object Dice (per image, GT split)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend()
@@ -95,7 +106,7 @@ def main() -> None:
     fig.savefig(out, dpi=110)
     better = sum(float(per[MODELS[0]][x]["object_dice"]) > float(per[MODELS[1]][x]["object_dice"])
                  for x in stems)
-    print(f"\nper image (split GT): {MODELS[0]} has the higher object Dice on {better} of "
+    print(f"\nper image (split GT): glas-unet v2 has the higher object Dice on {better} of "
           f"{len(stems)} test images; scatter: {out.relative_to(ROOT)}")
 
 

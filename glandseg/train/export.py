@@ -138,7 +138,7 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
         import hashlib
 
         src = Path(train.get("init_weights") or "")
-        card["init"] = {"model": train["init"], "weights": str(src),
+        card["init"] = {"model": train["init"], "weights": src.name,
                         "weights_sha256": hashlib.sha256(src.read_bytes()).hexdigest()
                         if src.is_file() else "not available at export"}
     out_cfg = {k: v for k, v in cfg.items() if k != "train"}
@@ -171,9 +171,9 @@ def _evaluate_export(wpath: Path, name: str, data: str | Path, eval_dir: Path,
     pred = Predictor.from_name(str(wpath), device=device)
     evaluate_model(pred, data, tmp, name=name)
     shutil.rmtree(tmp / "predictions", ignore_errors=True)
-    for f in list(tmp.iterdir()):
+    for f in list(tmp.iterdir()):  # evaluate also writes error overlays, the report, ...
         if f.name not in EVAL_KEEP:
-            f.unlink()
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
     shutil.rmtree(eval_dir, ignore_errors=True)
     tmp.rename(eval_dir)
 

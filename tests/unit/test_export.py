@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -76,3 +77,29 @@ def test_train_command_round_trips_through_the_cli_parser() -> None:
                 "repeats", "max_minutes", "device", "init", "robust"):
         assert getattr(args, key) == train[key], key
     assert json.loads(args.model_args) == {"encoder": "lite2"}
+
+
+def test_evaluate_export_keeps_only_the_small_outputs(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation of an export keeps EVAL_KEEP and drops the rest, folders included
+    (``glandseg evaluate`` also writes errors/, predictions/, report.html, ...)."""
+    import glandseg.report.evaluate as ev_mod
+    from glandseg.infer.predictor import Predictor
+    from glandseg.train import export
+
+    def fake_evaluate(pred, data, out, name):
+        out = Path(out)
+        (out / "errors").mkdir(parents=True)
+        (out / "errors" / "testA_1.png").write_bytes(b"x")
+        (out / "predictions").mkdir()
+        for f in (*export.EVAL_KEEP, "report.html", "grades.csv"):
+            (out / f).write_text("x")
+
+    monkeypatch.setattr(ev_mod, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(Predictor, "from_name", classmethod(lambda cls, *a, **k: None))
+    eval_dir = tmp_path / "m.eval"
+    eval_dir.mkdir()
+    (eval_dir / "stale.txt").write_text("old")
+    export._evaluate_export(tmp_path / "m.safetensors", "m", tmp_path, eval_dir, "cpu")
+    assert sorted(p.name for p in eval_dir.iterdir()) == sorted(export.EVAL_KEEP)
+    assert not (tmp_path / "m.eval.tmp").exists()
