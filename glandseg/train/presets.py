@@ -45,9 +45,10 @@ PRESETS: dict[str, Preset] = {
                           "batch_size": 8, "epochs": 8, "schedule": "cosine"}]},
         settings={"model": "unet-lite0", "scale": 1.0, "crop": 512, "tile": 1024,
                   "repeats": 20, "val_fraction": 0.2, "seed": 0},
-        note="The bundled glas-unet ran this recipe with --epochs 200 --max-minutes 6.5 on a "
-             "GPU (cosine following the time budget; 8 epochs done, best by validation: 4); "
-             "the preset fixes 8 epochs so that it reproduces on any machine.",
+        note="glas-unet v2 ran this recipe with --epochs 200 --max-minutes 6.5 on a GPU "
+             "(cosine following the time budget; 8 epochs done, best by validation: 4); the "
+             "preset fixes 8 epochs so that it reproduces on any machine. The bundled v3 is "
+             "v2 fine-tuned with --init RUN --robust --lr 5e-5 --epochs 14 --repeats 2.",
     ),
     # glas-maskrcnn v2: maskrcnn-lite0 at half resolution, 384² crops, SGD lr 1e-2, batch 4.
     "glas-maskrcnn-v2": Preset(
