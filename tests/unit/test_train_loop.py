@@ -327,6 +327,10 @@ def test_robust_flag_reaches_the_augmentation(data: Path, tmp_path: Path,
     monkeypatch.setattr(loop, "train_transform", lambda cfg: got.append(cfg) or real(cfg))
     t = Trainer(tiny(data, tmp_path / "r", robust=True, epochs=1))
     t.setup_run()
-    t.setup_data()
-    t.finish()
+    try:
+        t.setup_data()
+    finally:  # train.log's handler, as fit() closes it
+        logging.getLogger("glandseg").removeHandler(t._fh)
+        logging.getLogger("glandseg").setLevel(t._old_level)
+        t._fh.close()
     assert got and got[0].robust is True
