@@ -169,11 +169,11 @@ def choose_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     good ones the widest gap in log-odds wins, then the one nearest 0.5. Returns
     ``(threshold, balanced accuracy there)``. A linear model's 0.5 need not be right
     for images it did not see: this is the cross-validated choice."""
-    z = np.unique(_logit(np.asarray(p, dtype=np.float64)))
+    lz = _logit(np.asarray(p, dtype=np.float64))
+    z = np.unique(lz)
     if len(z) < 2:
         return 0.5, 0.5
     mids, gaps = (z[:-1] + z[1:]) / 2, np.diff(z)
-    lz = _logit(np.asarray(p, dtype=np.float64))
     y = np.asarray(y, dtype=bool)
 
     def bacc(t: float) -> float:
@@ -191,7 +191,8 @@ def select(rows: Sequence[dict], samples: Sequence[Sample],
            c_grid: Sequence[float] = C_GRID) -> tuple[list[dict], dict]:
     """Cross-validate every (feature set, C); returns ``(table, best)``: one dict per
     candidate with its out-of-fold ``binary_metrics`` (``feature_set``, ``C``,
-    ``balanced_accuracy``, ``accuracy``, ``roc_auc``) and the chosen one."""
+    ``balanced_accuracy``, ``accuracy``, ``roc_auc``) and its out-of-fold probabilities
+    (``oof``, ``float64 (n,)``), and the chosen one."""
     y = np.array([s.grade == CLASSES[1] for s in samples])
     groups = np.array([s.patient if s.patient is not None else -i - 1
                        for i, s in enumerate(samples)])
@@ -208,7 +209,7 @@ def select(rows: Sequence[dict], samples: Sequence[Sample],
             table.append({"feature_set": fs, "C": C, "n_features": len(names),
                           "balanced_accuracy": m["balanced_accuracy"],
                           "accuracy": m["accuracy"], "roc_auc": m["roc_auc"],
-                          "confusion": m["confusion"]})
+                          "confusion": m["confusion"], "oof": p})
     if not table:
         raise GlandsegError("no feature set to cross-validate")
     best = max(table, key=lambda r: (round(r["balanced_accuracy"], 10),
@@ -242,10 +243,7 @@ def fit_grader(data: str | Path, model: str = "glas-unet", cache: str | Path | N
     y = np.array([s.grade == CLASSES[1] for s in samples])
     mean, scale, coef, intercept = _fit_one(X, y, names, best["C"])
     if threshold is None:  # chosen on the chosen candidate's out-of-fold probabilities
-        groups = np.array([s.patient if s.patient is not None else -i - 1
-                           for i, s in enumerate(samples)])
-        oof = cross_validate(X, y, groups, names, best["C"])
-        threshold, oof_bacc = choose_threshold(oof, y)
+        threshold, oof_bacc = choose_threshold(best["oof"], y)
         how = ("chosen on the out-of-fold probabilities of the chosen candidate (leave-one-"
                "patient-out): the widest log-odds gap of maximal balanced accuracy")
     else:
@@ -281,6 +279,19 @@ def _cv_table(fit: dict) -> str:
     return "\n".join(lines)
 
 
+def _threshold_arg(text: str) -> float | None:
+    """``--threshold``: ``auto`` (``None``) or a probability in (0, 1)."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a number in (0, 1), got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m glandseg.grade.fit``: fit and save a grader (see the module doc)."""
     ap = argparse.ArgumentParser(prog="python -m glandseg.grade.fit", description=__doc__,
@@ -292,19 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for cached labels/features (default runs/grade-cache)")
     ap.add_argument("--feature-sets", default=",".join(FEATURE_SETS),
                     help="comma-separated candidates (default: all)")
-    ap.add_argument("--threshold", default="auto",
+    ap.add_argument("--threshold", default=None, type=_threshold_arg, metavar="auto|P",
                     help="decision threshold on p(malignant): auto (chosen on the out-of-fold "
                          "probabilities, default) or a number in (0, 1)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    threshold = None
-    if args.threshold != "auto":
-        try:
-            threshold = float(args.threshold)
-        except ValueError:
-            threshold = -1.0
-        if not 0 < threshold < 1:
-            ap.error(f"--threshold must be auto or a number in (0, 1), got {args.threshold}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sets = [s for s in args.feature_sets.split(",") if s]
     bad = [s for s in sets if s not in FEATURE_SETS]
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown feature set(s) {bad}; choose from {FEATURE_SETS}")
     try:
         grader = fit_grader(args.data, args.model, args.cache or None, sets, device=args.device,
-                            threshold=threshold)
+                            threshold=args.threshold)
     except GlandsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

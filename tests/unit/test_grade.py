@@ -405,3 +405,29 @@ def test_fit_cli_threshold_option_is_checked(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--data", str(tmp_path), "--out", str(tmp_path / "g.json"), "--threshold", "2"])
     assert e.value.code == 2 and not (tmp_path / "g.json").exists()
+
+
+def test_fit_grader_uses_the_chosen_candidates_out_of_fold_threshold(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """fit_grader end to end on 12 synthetic images of 6 patients: the saved threshold is
+    :func:`choose_threshold` of the chosen candidate's out-of-fold probabilities (the ones
+    the candidate was chosen by), and a given threshold is kept as given."""
+    from glandseg.data.discover import discover
+    from glandseg.grade.fit import choose_threshold, collect_features, fit_grader, select
+    from glandseg.infer.predictor import Predictor
+    from tests.conftest import make_glas_folder
+
+    data = make_glas_folder(tmp_path / "glas", names=[f"train_{i}" for i in range(1, 13)],
+                            size=(64, 64), ext=".png")
+    kw = dict(model=str(tiny_run), cache=tmp_path / "cache", feature_sets=("encoder-last",),
+              c_grid=(0.1, 1.0), device="cpu", progress=False)
+    g = fit_grader(data, **kw)
+    samples = [s for s in discover(data, splits=("train",))]
+    rows = collect_features(samples, Predictor.from_name(str(tiny_run), device="cpu"),
+                            tmp_path / "cache", progress=False)
+    _, best = select(rows, samples, ("encoder-last",), (0.1, 1.0))
+    y = np.array([s.grade == "malignant" for s in samples])
+    assert g.threshold == pytest.approx(choose_threshold(best["oof"], y)[0])
+    assert g.fit["threshold"]["value"] == g.threshold != 0.5  # here: 0.589
+    assert g.feature_set == "encoder-last" and all(f.startswith("enc4_") for f in g.features)
+    assert fit_grader(data, threshold=0.4, **kw).threshold == 0.4
