@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage as ndi
 from torchvision.transforms import v2
 
-from glandseg.models.targets import contour_target
+from glandseg.models.targets import class_balance_weights, contour_target
 
 
 class OldSafeElastic(v2.ElasticTransform):
@@ -46,12 +46,7 @@ def old_unet_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0
     smallest objects are ignored for the border term."""
     lab = np.asarray(labels)
     fg = lab > 0
-    n_fg = fg.sum()
-    w = np.ones(lab.shape, dtype=np.float32)
-    if 0 < n_fg < lab.size:  # class balance: w_c(x) = 0.5 / frequency of x's class
-        w[fg] = 0.5 * lab.size / n_fg
-        w[~fg] = 0.5 * lab.size / (lab.size - n_fg)
-        w /= w.mean()
+    w = class_balance_weights(fg)  # unchanged since then: shared
     ids, counts = np.unique(lab[fg], return_counts=True)
     if len(ids) < 2:
         return w

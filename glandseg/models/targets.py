@@ -39,6 +39,19 @@ def contour_target(labels: np.ndarray, width: int = 2) -> np.ndarray:
     return t
 
 
+def class_balance_weights(fg: np.ndarray) -> np.ndarray:
+    """Class-balance term of Ronneberger's weight map, ``float32`` like ``fg`` (bool, True =
+    gland): ``w_c(x) = 0.5 / frequency of x's class``, normalised to mean 1 (all ones when
+    one class is absent)."""
+    n_fg = int(fg.sum())
+    w = np.ones(fg.shape, dtype=np.float32)
+    if 0 < n_fg < fg.size:
+        w[fg] = 0.5 * fg.size / n_fg
+        w[~fg] = 0.5 * fg.size / (fg.size - n_fg)
+        w /= w.mean()
+    return w
+
+
 def unet_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
                     max_objects: int = 64) -> np.ndarray:
     """Ronneberger's weight map, ``float32 (H, W)``.
@@ -49,12 +62,7 @@ def unet_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0,
     """
     lab = np.asarray(labels)
     fg = lab > 0
-    n_fg = fg.sum()
-    w = np.ones(lab.shape, dtype=np.float32)
-    if 0 < n_fg < lab.size:  # class balance: w_c(x) = 0.5 / frequency of x's class
-        w[fg] = 0.5 * lab.size / n_fg
-        w[~fg] = 0.5 * lab.size / (lab.size - n_fg)
-        w /= w.mean()
+    w = class_balance_weights(fg)
     ids, counts = np.unique(lab[fg], return_counts=True)
     if len(ids) < 2:
         return w
