@@ -174,6 +174,8 @@ def main() -> int:
     ap.add_argument("--shifts", nargs="+", default=None, choices=SHIFTS)
     ap.add_argument("--norms", nargs="+", default=None, choices=("none", *NORMS[1:]))
     ap.add_argument("--limit", type=int, default=None, help="first N images only (a check)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                    help="where the model runs (figures quoted in the README: cpu)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results")
     ap.add_argument("--redo", nargs="+", default=(), choices=SHIFTS,
@@ -198,12 +200,12 @@ def main() -> int:
     old = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
     done = ({(r["shift"], r["stain_norm"]): r for r in old.get("results", [])}
             if old.get("weights_sha256") == wsha else {})
-    pred = Predictor.from_name(args.model, device="cpu")
+    pred = Predictor.from_name(args.model, device=args.device)
     record = {"model": args.model, "weights_sha256": wsha, "config": cfg.to_dict()["preprocess"],
               "tiling": cfg.tiling.as_dict(), "postprocess": cfg.postprocess.as_dict(),
               "part": args.part, "images": [s.name for s in samples],
               "metric": "official GlaS, pooled, ground-truth regions split",
-              "machine": machine(), "results": []}
+              "machine": machine(), "device": str(pred.device), "results": []}
     parts = ["other"] if args.part == "val" else ["testA", "testB"]
     for shift, norm in plan:
         if (shift, norm) in done and shift not in args.redo:

@@ -79,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--robust", action="store_true",
                    help="acquisition-robustness augmentation: stronger H&E stain shifts, "
                         "Gaussian blur (sigma 0.3-2 px) and JPEG compression (quality 40-95)")
+    p.add_argument("--robust-p", type=float_in(0, 1, zero_ok=True, what="a probability"),
+                   default=0.5, metavar="P",
+                   help="with --robust: probability of the stain shift and of the blur for each "
+                        "crop (JPEG: P/2); default 0.5")
     p.add_argument("--no-tune", dest="tune_postprocess", action="store_false",
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
@@ -98,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
     extra = _apply_params(args) if args.params else {}
     if args.preset:
         _apply_preset(args)
+    if args.robust_p != 0.5 and not args.robust:
+        raise GlandsegError("--robust-p sets the probability of the --robust augmentations; "
+                            "add --robust")
     if args.data is None and not args.resume:
         raise GlandsegError("--data is required: the GlaS folder to train on (or --resume a "
                             "run in --out)")
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
         resume=args.resume, preset=args.preset, pretrained=pretrained,
         tune_postprocess=args.tune_postprocess, model_args=model_args, init=args.init,
-        robust=args.robust, **extra,
+        robust=args.robust, robust_p=args.robust_p, **extra,
     )
     run_dir = train(tc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0

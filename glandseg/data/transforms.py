@@ -107,6 +107,8 @@ class AugmentConfig:
     #: x1.2, p 0.5), Gaussian blur (sigma 0.3 to 2 px, p 0.5) and JPEG compression (quality
     #: 40 to 95, p 0.25); image only, the mask is never changed.
     robust: bool = False
+    #: Probability of the stain and blur robustness augmentations (JPEG: half of it).
+    robust_p: float = 0.5
     strength: float = 1.0
 
 
@@ -138,17 +140,20 @@ def train_transform(cfg: AugmentConfig) -> v2.Compose:
                            hue=min(0.5, 0.03 * s)),
         ]
     if cfg.robust:
-        ops += robust_ops()
+        ops += robust_ops(cfg.robust_p)
     return v2.Compose(ops)
 
 
-def robust_ops() -> list[v2.Transform]:
+def robust_ops(p: float = 0.5) -> list[v2.Transform]:
     """The acquisition-robustness augmentations of :attr:`AugmentConfig.robust` (stain
-    shifts of another lab, out-of-focus scans, JPEG exports), on ``uint8`` images."""
+    shifts of another lab, out-of-focus scans, JPEG exports), on ``uint8`` images: stain
+    and blur each with probability ``p``, JPEG with ``p / 2``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"robust_p must be in [0, 1], got {p}")
     return [
-        v2.RandomApply([HEDJitter(0.2, 0.02)], p=0.5),
-        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.3, 2.0))], p=0.5),
-        v2.RandomApply([v2.JPEG((40, 95))], p=0.25),
+        v2.RandomApply([HEDJitter(0.2, 0.02)], p=p),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.3, 2.0))], p=p),
+        v2.RandomApply([v2.JPEG((40, 95))], p=p / 2),
     ]
 
 

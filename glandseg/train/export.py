@@ -64,6 +64,8 @@ def train_command(train: dict, data: str = "GLAS", out: str = "RUN") -> str:
         parts += ["--init", str(train["init"])]
     if train.get("robust"):
         parts.append("--robust")
+        if train.get("robust_p", 0.5) != 0.5:
+            parts += ["--robust-p", str(train["robust_p"])]
     return shlex.join(parts)
 
 
@@ -143,7 +145,8 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
                         if src.is_file() else "not available at export"}
     out_cfg = {k: v for k, v in cfg.items() if k != "train"}
     out_cfg["train"] = {k: train.get(k) for k in ("stages", "crop", "scale", "tile", "repeats",
-                                                  "seed", "max_minutes", "init", "robust")}
+                                                  "seed", "max_minutes", "init", "robust",
+                                                  "robust_p")}
     out_cfg["model_card"] = card
     wpath = dest / f"{name}.safetensors"
     ckpt.save_weights(wpath, model, half=True, metadata={"name": name})

@@ -80,6 +80,8 @@ class TrainConfig:
     init: str | None = None
     #: Acquisition-robustness augmentation (AugmentConfig.robust: stain, blur, JPEG).
     robust: bool = False
+    #: Probability of the stain and blur robustness augmentations (JPEG: half of it).
+    robust_p: float = 0.5
 
     def resolved_stages(self) -> list[dict]:
         if self.stages:
@@ -223,6 +225,7 @@ class Trainer:
         self.task = make_task(self.cfg)
         scale = self.cfg["preprocess"]["scale"]
         aug = train_transform(AugmentConfig(crop=t["crop"], robust=bool(t.get("robust")),
+                                            robust_p=float(t.get("robust_p", 0.5)),
                                             strength=t.get("augment_strength", 1.0)))
         self.train_ds = GlasDataset(self.train_samples, aug, scale=scale, cache=True,
                                     target_fn=self.task.target_fn, repeats=t["repeats"])

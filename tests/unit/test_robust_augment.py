@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -36,3 +37,21 @@ def test_each_op_changes_the_image_never_the_mask() -> None:
         assert out_img.dtype == torch.uint8 and out_img.shape == image.shape
         assert (out_img.int() - image.int()).abs().float().mean() > 0.5, type(inner).__name__
         assert torch.equal(out_mask, mask)
+
+
+def test_robust_p_sets_the_probabilities() -> None:
+    ops = robust_ops(0.8)
+    assert [op.p for op in ops] == [0.8, 0.8, 0.4]
+    assert [op.p for op in robust_ops()] == [0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="robust_p"):
+        robust_ops(1.5)
+    cfg = AugmentConfig(crop=32, robust=True, robust_p=0.0)
+    probs = [op.p for op in train_transform(cfg).transforms if isinstance(op, v2.RandomApply)]
+    assert probs[-3:] == [0.0, 0.0, 0.0]
+
+
+def test_robust_p_needs_robust_on_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    from glandseg.cli import main
+
+    assert main(["train", "--data", "x", "--out", "y", "--robust-p", "0.8"]) != 0
+    assert "add --robust" in capsys.readouterr().err

@@ -325,7 +325,7 @@ def test_robust_flag_reaches_the_augmentation(data: Path, tmp_path: Path,
     got = []
     real = loop.train_transform
     monkeypatch.setattr(loop, "train_transform", lambda cfg: got.append(cfg) or real(cfg))
-    t = Trainer(tiny(data, tmp_path / "r", robust=True, epochs=1))
+    t = Trainer(tiny(data, tmp_path / "r", robust=True, robust_p=0.8, epochs=1))
     t.setup_run()
     try:
         t.setup_data()
@@ -333,4 +333,4 @@ def test_robust_flag_reaches_the_augmentation(data: Path, tmp_path: Path,
         logging.getLogger("glandseg").removeHandler(t._fh)
         logging.getLogger("glandseg").setLevel(t._old_level)
         t._fh.close()
-    assert got and got[0].robust is True
+    assert got and got[0].robust is True and got[0].robust_p == 0.8
