@@ -83,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=0.5, metavar="P",
                    help="with --robust: probability of the stain shift and of the blur for each "
                         "crop (JPEG: P/2); default 0.5")
+    p.add_argument("--consistency", type=float_in(0, 100, zero_ok=True, what="a loss weight"),
+                   default=0.0, metavar="W",
+                   help="U-Nets: weight of a blur-consistency loss (each batch also seen "
+                        "blurred, sigma 0.5-2 px; the blurred prediction pulled towards the "
+                        "sharp one); doubles the cost of a step; default 0 (off)")
     p.add_argument("--no-tune", dest="tune_postprocess", action="store_false",
                    help="keep default post-processing thresholds")
     p.add_argument("--model-args", default="{}",
@@ -138,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, val_every=args.val_every, max_minutes=args.max_minutes,
         resume=args.resume, preset=args.preset, pretrained=pretrained,
         tune_postprocess=args.tune_postprocess, model_args=model_args, init=args.init,
-        robust=args.robust, robust_p=args.robust_p, **extra,
+        robust=args.robust, robust_p=args.robust_p,
+        consistency=args.consistency, **extra,
     )
     run_dir = train(tc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0

@@ -66,6 +66,8 @@ def train_command(train: dict, data: str = "GLAS", out: str = "RUN") -> str:
         parts.append("--robust")
         if train.get("robust_p", 0.5) != 0.5:
             parts += ["--robust-p", str(train["robust_p"])]
+    if train.get("consistency"):
+        parts += ["--consistency", str(train["consistency"])]
     return shlex.join(parts)
 
 
@@ -146,7 +148,7 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
     out_cfg = {k: v for k, v in cfg.items() if k != "train"}
     out_cfg["train"] = {k: train.get(k) for k in ("stages", "crop", "scale", "tile", "repeats",
                                                   "seed", "max_minutes", "init", "robust",
-                                                  "robust_p")}
+                                                  "robust_p", "consistency")}
     out_cfg["model_card"] = card
     wpath = dest / f"{name}.safetensors"
     ckpt.save_weights(wpath, model, half=True, metadata={"name": name})

@@ -82,6 +82,8 @@ class TrainConfig:
     robust: bool = False
     #: Probability of the stain and blur robustness augmentations (JPEG: half of it).
     robust_p: float = 0.5
+    #: Weight of the blur-consistency term of the U-Nets' loss (DenseTask; 0 = off).
+    consistency: float = 0.0
 
     def resolved_stages(self) -> list[dict]:
         if self.stages:
@@ -104,13 +106,17 @@ def make_task(cfg: dict):
     if cfg["task"] == "instances":
         from glandseg.models.maskrcnn import InstanceTask
 
+        if (cfg.get("train") or {}).get("consistency"):
+            raise GlandsegError("--consistency is for the U-Nets (unet, unet-lite0), not "
+                                f"{cfg.get('model')}; leave it out")
         return InstanceTask(cfg)
     from glandseg.train.tasks import DenseTask
 
     scale = cfg["preprocess"]["scale"]
-    dice = (cfg.get("train") or {}).get("loss_weights", {}).get("dice", 0.5)
+    train = cfg.get("train") or {}
+    dice = train.get("loss_weights", {}).get("dice", 0.5)
     return DenseTask(cfg["task"], boundary_width=max(1, round(4 * scale)), sigma=10 * scale,
-                     dice_weight=dice)
+                     dice_weight=dice, consistency=float(train.get("consistency", 0.0)))
 
 
 def _make_optimizer(stage: dict, params) -> torch.optim.Optimizer:

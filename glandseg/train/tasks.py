@@ -24,13 +24,23 @@ class DenseTask:
     ``binary``: BCE (weighted by Ronneberger's map) on a 1-channel logit, as in the study.
     ``contour``: weighted cross-entropy over background/interior/boundary plus a soft Dice
     term on the gland foreground and interior (helps the thin boundary class).
+
+    ``consistency`` > 0 adds a blur-consistency term: each batch is also seen out of focus
+    (Gaussian blur, sigma drawn per image from ``BLUR_SIGMA``), both views are supervised,
+    and the blurred view's per-pixel class distribution is pulled towards the sharp view's
+    (KL divergence, no gradient through the sharp view), weighted by ``consistency``. Costs a
+    second forward/backward pass per batch.
     """
 
+    #: Range of the blur sigma (px at the working scale) of the consistency view.
+    BLUR_SIGMA = (0.5, 2.0)
+
     def __init__(self, task: str, boundary_width: int = 2, weight_map: bool = True,
-                 dice_weight: float = 0.5, sigma: float = 5.0) -> None:
+                 dice_weight: float = 0.5, sigma: float = 5.0, consistency: float = 0.0) -> None:
         self.task = task
         self.target_fn = TargetMaker(task, boundary_width, weight_map, sigma=sigma)
         self.dice_weight = dice_weight
+        self.consistency = consistency
 
     def collate(self, items: list[dict]) -> dict:
         out = {"image": torch.stack([it["image"] for it in items]),
@@ -40,8 +50,31 @@ class DenseTask:
         return out
 
     def loss(self, model: nn.Module, batch: dict, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Training loss of ``batch`` (``image`` float ``(B, 3, H, W)`` in [0, 1], ``target``,
+        optional ``weight``): supervised loss, plus the blur-consistency term when on."""
         x = (batch["image"] - mean) / std
-        logits = model(x)
+        if self.consistency <= 0:
+            return self.supervised(model(x), batch)
+        xb = (blur_batch(batch["image"], self.BLUR_SIGMA) - mean) / std
+        sharp, blurred = model(torch.cat([x, xb])).chunk(2)
+        sup = (self.supervised(sharp, batch) + self.supervised(blurred, batch)) / 2
+        return sup + self.consistency * self.divergence(sharp.detach(), blurred)
+
+    def divergence(self, target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Mean per-pixel KL(target || prediction) of the class distributions (sigmoid for
+        ``binary``, softmax over the 3 classes for ``contour``)."""
+        eps = 1e-6
+        if self.task == "binary":
+            t = torch.sigmoid(target_logits.float()).clamp(eps, 1 - eps)
+            lp, lq = F.logsigmoid(logits.float()), F.logsigmoid(-logits.float())
+            kl = t * (t.log() - lp) + (1 - t) * ((1 - t).log() - lq)
+            return kl.mean()
+        t = torch.softmax(target_logits.float(), dim=1)
+        kl = (t * (t.clamp_min(eps).log() - torch.log_softmax(logits.float(), dim=1))).sum(1)
+        return kl.mean()
+
+    def supervised(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Weighted BCE (``binary``) or weighted cross-entropy + soft Dice (``contour``)."""
         w = batch.get("weight")
         if self.task == "binary":
             raw = F.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")[:, 0]
@@ -73,3 +106,14 @@ class DenseTask:
         t = contour_target(truth, width)
         p = np.take_along_axis(probs, t[None], axis=0)[0]
         return float(-np.log(np.clip(p, eps, 1)).mean())
+
+
+def blur_batch(images: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+    """Each image of ``float (B, C, H, W)`` blurred with its own Gaussian sigma drawn
+    uniformly from ``sigma`` (kernel 9 px, as the ``--robust`` augmentation), on the
+    images' device."""
+    from torchvision.transforms.v2 import functional as TF
+
+    lo, hi = sigma
+    s = torch.empty(images.shape[0]).uniform_(lo, hi).tolist()
+    return torch.stack([TF.gaussian_blur(im, [9, 9], [si, si]) for im, si in zip(images, s, strict=True)])

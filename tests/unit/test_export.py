@@ -68,13 +68,14 @@ def test_train_command_round_trips_through_the_cli_parser() -> None:
              "scale": 1.0, "tile": 1024, "repeats": 20, "workers": 4, "val_fraction": 0.2,
              "val_every": 1, "max_minutes": 6.5, "seed": 0, "device": "cuda",
              "model_args": {"encoder": "lite2"}, "pretrained": True, "init": "glas-unet",
-             "robust": True, "robust_p": 0.8}
+             "robust": True, "robust_p": 0.8, "consistency": 2.0}
     cmd = shlex.split(train_command(train))
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args(cmd[1:])
     for key in ("model", "epochs", "batch_size", "lr", "optimizer", "crop", "scale", "tile",
-                "repeats", "max_minutes", "device", "init", "robust", "robust_p"):
+                "repeats", "max_minutes", "device", "init", "robust", "robust_p",
+                "consistency"):
         assert getattr(args, key) == train[key], key
     assert json.loads(args.model_args) == {"encoder": "lite2"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +335,10 @@ def test_robust_flag_reaches_the_augmentation(data: Path, tmp_path: Path,
         logging.getLogger("glandseg").setLevel(t._old_level)
         t._fh.close()
     assert got and got[0].robust is True and got[0].robust_p == 0.8
+
+
+def test_consistency_trains_and_is_recorded(data: Path, tmp_path: Path) -> None:
+    run = train(tiny(data, tmp_path / "cons", epochs=1, consistency=1.0))
+    cfg = ckpt.load_json(run / "config.json")
+    assert cfg["train"]["consistency"] == 1.0
+    assert math.isfinite(float(rows(run)[0]["train_loss"]))
