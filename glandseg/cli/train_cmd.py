@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from glandseg import GlandsegError
     from glandseg.train.loop import TrainConfig, train
 
+    if getattr(args, "quiet", False):  # -q: no progress bars, here or in loader workers
+        os.environ["TQDM_DISABLE"] = "1"
     extra = _apply_params(args) if args.params else {}
     if args.preset:
         _apply_preset(args)

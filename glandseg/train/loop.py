@@ -172,6 +172,7 @@ class Trainer:
         self.start_epoch = 0
         self.t0 = time.time()
         self.elapsed_before = 0.0
+        self._lock = runstate.RunLock(self.run)
 
     def elapsed(self) -> float:
         """Seconds of training so far, including the runs this one resumes."""
@@ -182,6 +183,7 @@ class Trainer:
         tc = self.tc
         if tc.resume:
             runstate.read_commit(self.run)  # a one-line error when there is nothing to resume
+            self._lock.acquire()
             self.cfg = _load_run_config(self.run)
             if tc.max_minutes is not None:  # a resumed run may get a new time budget
                 self.cfg["train"]["max_minutes"] = tc.max_minutes
@@ -189,6 +191,7 @@ class Trainer:
             runstate.refuse_existing(self.run)
             self.cfg = self._initial_config()
             self.run.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
             if tc.scale is not None:
                 self.cfg["preprocess"]["scale"] = tc.scale
             if tc.tile is not None:  # inference tile side at the working scale
@@ -414,7 +417,11 @@ class Trainer:
 
     # -- driver ---------------------------------------------------------------------------
     def fit(self) -> Path:
-        self.setup_run()
+        try:
+            self.setup_run()
+        except BaseException:
+            self._lock.release()
+            raise
         try:  # from here on train.log is open: closed whatever happens
             self.setup_model()  # first: a missing weights download fails before data loading
             self.setup_data()
@@ -426,6 +433,7 @@ class Trainer:
             logging.getLogger("glandseg").removeHandler(self._fh)
             logging.getLogger("glandseg").setLevel(self._old_level)
             self._fh.close()
+            self._lock.release()
         return self.run
 
     def _resume(self) -> tuple[int, int]:

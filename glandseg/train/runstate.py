@@ -325,6 +325,51 @@ def resume(run: Path) -> Commit:
     return commit
 
 
+LOCK = "train.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder while one process trains into it (``train.lock``,
+    holding that process's pid; removed on release). A second ``glandseg train`` on the same
+    ``--out`` (a new run or ``--resume``) fails at once instead of interleaving checkpoints.
+    Advisory ``flock``: local and most network file systems; a no-op where ``fcntl`` is
+    missing (Windows)."""
+
+    def __init__(self, run: Path) -> None:
+        self.path = Path(run) / LOCK
+        self._f = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        f = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise GlandsegError(f"{self.path.parent}: another glandseg train (pid {pid}) is "
+                                "writing to this run folder; wait for it to end or choose "
+                                "another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._f.close()  # closing drops the flock
+        self._f = None
+
+
 def refuse_existing(run: Path) -> None:
     """A new run must not start over a folder that holds one."""
     run = Path(run)

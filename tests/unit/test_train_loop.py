@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +343,35 @@ def test_consistency_trains_and_is_recorded(data: Path, tmp_path: Path) -> None:
     cfg = ckpt.load_json(run / "config.json")
     assert cfg["train"]["consistency"] == 1.0
     assert math.isfinite(float(rows(run)[0]["train_loss"]))
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(data: Path, tmp_path: Path) -> None:
+    from glandseg.train.runstate import LOCK, RunLock
+
+    run = train(tiny(data, tmp_path / "locked", epochs=2, max_minutes=1e-9))  # stops after 1
+    assert not (run / LOCK).exists()  # released at the end
+    held = RunLock(run).acquire()  # as another process training into it would hold it
+    try:
+        assert (run / LOCK).read_text() == str(os.getpid())
+        with pytest.raises(GlandsegError, match="another glandseg train .* is writing"):
+            train(tiny(data, run, epochs=2, max_minutes=60, resume=True))
+        assert [int(x["epoch"]) for x in rows(run)] == [1]  # untouched
+    finally:
+        held.release()
+    train(tiny(data, run, epochs=2, max_minutes=60, resume=True))  # free again
+    assert [int(x["epoch"]) for x in rows(run)] == [1, 2]
+
+
+def test_quiet_train_disables_progress_bars(data: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from glandseg.cli import main
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    seen = {}
+    import glandseg.train.loop as loop
+
+    monkeypatch.setattr(loop, "train", lambda tc: seen.setdefault("env", os.environ.get(
+        "TQDM_DISABLE")) and tmp_path)
+    assert main(["-q", "train", "--model", "unet", "--data", str(data), "--out",
+                 str(tmp_path / "q")]) == 0
+    assert seen["env"] == "1"
