@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import watershed
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -25,29 +23,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_robustness import blur, samples_of  # noqa: E402
 
 from glandseg.data.io import read_image, read_label  # noqa: E402
-from glandseg.infer.postprocess import (  # noqa: E402
-    _fill_holes_per_object,
-    _remove_small,
-    relabel_sequential,
-)
+from glandseg.infer.postprocess import contour_to_labels  # noqa: E402
 from glandseg.infer.predictor import Predictor  # noqa: E402
 from glandseg.metrics.score import score_pairs  # noqa: E402
 
 
 def labels(probs: np.ndarray, seed_t: float, fg_t: float, min_area: int, min_seed: int,
            a: float) -> np.ndarray:
-    """``contour_to_labels`` with the seed map ``interior - a * boundary``."""
-    seed_map = probs[1] - a * probs[2]
-    fg = ndi.binary_fill_holes((probs[1] + probs[2]) > fg_t)
-    seeds, _ = ndi.label(seed_map > seed_t)
-    seeds = _remove_small(seeds, min_seed)
-    lab = watershed(-seed_map, markers=seeds, mask=fg).astype(np.int32)
-    rest, n = ndi.label(fg & (lab == 0))
-    if n:
-        rest[rest > 0] += lab.max()
-        lab = np.where(rest > 0, rest, lab).astype(np.int32)
-    lab = _remove_small(lab, min_area)
-    return relabel_sequential(_fill_holes_per_object(lab))
+    """:func:`contour_to_labels` with the seed (and watershed) map ``interior - a *
+    boundary``: the stack is rewritten so that its interior channel is that map while
+    interior + boundary (the foreground) is unchanged."""
+    shifted = np.stack([probs[0], probs[1] - a * probs[2], (1 + a) * probs[2]])
+    return contour_to_labels(shifted, seed_t, fg_t, min_area, min_seed, fill_holes=True)
 
 
 def main() -> int:

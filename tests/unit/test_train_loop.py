@@ -370,8 +370,11 @@ def test_quiet_train_disables_progress_bars(data: Path, tmp_path: Path,
     seen = {}
     import glandseg.train.loop as loop
 
-    monkeypatch.setattr(loop, "train", lambda tc: seen.setdefault("env", os.environ.get(
-        "TQDM_DISABLE")) and tmp_path)
+    def fake_train(tc: TrainConfig) -> Path:  # what the training would see
+        seen["env"] = os.environ.get("TQDM_DISABLE")
+        return tmp_path
+
+    monkeypatch.setattr(loop, "train", fake_train)
     assert main(["-q", "train", "--model", "unet", "--data", str(data), "--out",
                  str(tmp_path / "q")]) == 0
     assert seen["env"] == "1"
