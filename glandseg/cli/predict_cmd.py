@@ -19,6 +19,8 @@ TILE_RANGE = (64, 4096)
 #: Accepted ``--input-mpp`` values (µm per pixel).
 MPP_RANGE = (0, 100)
 STAIN_METHODS = ("macenko", "reinhard")
+#: ``--deblur`` default: sharpen only images measurably blurrier than the training images.
+DEFAULT_DEBLUR = "auto"
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
@@ -44,6 +46,11 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
                    help="normalise the H&E stain to the model's reference (GlaS training "
                         "images) before predicting: macenko (stain vectors) or reinhard "
                         "(L*a*b* statistics); default: off")
+    p.add_argument("--deblur", choices=("auto", "off"), default=DEFAULT_DEBLUR,
+                   help="auto (default): measure each image's focus at the model's resolution "
+                        "and sharpen (unsharp mask) one blurrier than the model's training "
+                        "images by more than 0.7 px (Gaussian sigma); sharp images pass "
+                        "unchanged. U-Nets only. off: never")
 
 
 def make_predictor(args: argparse.Namespace):
@@ -52,7 +59,8 @@ def make_predictor(args: argparse.Namespace):
     # a --device this machine lacks is a one-line error from the predictor's pick_device
     pred = Predictor.from_name(args.model, device=args.device, tta=args.tta,
                                input_mpp=getattr(args, "input_mpp", None),
-                               stain_norm=getattr(args, "stain_norm", None))
+                               stain_norm=getattr(args, "stain_norm", None),
+                               deblur=getattr(args, "deblur", None))
     if args.tile:
         pred.tiling = TileConfig(tile=args.tile, overlap=min(pred.tiling.overlap, args.tile // 4),
                                  batch_size=pred.tiling.batch_size)

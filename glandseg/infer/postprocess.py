@@ -69,9 +69,13 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 def contour_to_labels(probs: np.ndarray, interior_threshold: float = 0.5,
                       foreground_threshold: float = 0.5, min_area: int = 100,
-                      min_seed_area: int = 30, fill_holes: bool = True) -> np.ndarray:
-    """``probs``: float ``(3, H, W)`` (background, interior, boundary) → labels ``int32 (H, W)``."""
-    interior = probs[1]
+                      min_seed_area: int = 30, fill_holes: bool = True,
+                      boundary_weight: float = 0.0) -> np.ndarray:
+    """``probs``: float ``(3, H, W)`` (background, interior, boundary) → labels ``int32 (H, W)``,
+    0 = background. Seeds: connected regions of ``interior - boundary_weight * boundary``
+    above ``interior_threshold``, grown by watershed on the same map within the foreground
+    ``interior + boundary > foreground_threshold``."""
+    interior = probs[1] - boundary_weight * probs[2] if boundary_weight else probs[1]
     fg = (probs[1] + probs[2]) > foreground_threshold
     if fill_holes:
         fg = ndi.binary_fill_holes(fg)

@@ -150,17 +150,19 @@ class Predictor:
     ``device``, ``tta`` (average over horizontal/vertical flips), ``tiling``
     (:class:`TileConfig`, default: the config's), ``input_mpp`` (µm/px of the images given
     without ``mpp=``; ``None``: the model's, no rescaling), ``stain_norm`` (``None``,
-    ``"macenko"`` or ``"reinhard"``).
+    ``"macenko"`` or ``"reinhard"``), ``deblur`` (``None`` or ``"auto"``: sharpen images
+    measurably blurrier than the model's training images, :mod:`glandseg.data.blur`).
 
     Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
     ``task``, ``scale``, ``mpp`` (the model's µm/px), ``mean``/``std``
-    (``float32 (3, 1, 1)``), ``tiling``, ``stride``, ``input_mpp``, ``stain_norm``.
+    (``float32 (3, 1, 1)``), ``tiling``, ``stride``, ``input_mpp``, ``stain_norm``, ``deblur``, ``last_extra_blur``
+    (px beyond the reference measured on the last image, when ``deblur`` is on).
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig | dict,
                  device: str | torch.device = "cpu", tta: bool = False,
                  tiling: TileConfig | None = None, input_mpp: float | None = None,
-                 stain_norm: str | None = None) -> None:
+                 stain_norm: str | None = None, deblur: str | None = None) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(
@@ -178,6 +180,8 @@ class Predictor:
         self.input_mpp = None if input_mpp is None else check_mpp(input_mpp, "input_mpp")
         self._normalizer = None
         self.stain_norm = stain_norm
+        self.deblur = deblur
+        self.last_extra_blur: float | None = None
         self._assumed_logged = False
 
     @property
@@ -193,6 +197,26 @@ class Predictor:
         from glandseg.data.stain import StainNormalizer
 
         self._normalizer = StainNormalizer(method)
+
+    @property
+    def deblur(self) -> str | None:
+        """``None`` or ``"auto"``: sharpen blurred images at the model's resolution (dense
+        models; always ``None`` for an instance model)."""
+        return None if self._deblurrer is None else "auto"
+
+    @deblur.setter
+    def deblur(self, mode: str | None) -> None:
+        if mode in (None, "off"):
+            self._deblurrer = None
+            return
+        if mode != "auto":
+            raise GlandsegError(f"deblur must be 'auto' or 'off', got {mode!r}")
+        if self.task == "instances":  # Mask R-CNN reads the image itself: no effect
+            self._deblurrer = None
+            return
+        from glandseg.data.blur import Deblur
+
+        self._deblurrer = Deblur()
 
     # -- resolution -----------------------------------------------------------------
     def zoom(self, mpp: float | None = None) -> float:
@@ -251,12 +275,27 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         if zoom != 1.0:
             x = resample(x, model_size(image.shape[:2], zoom)).clamp(0, 1)
+        if self._deblurrer is not None:
+            x = self._deblur(x)
         if scale != 1.0:
             h, w = x.shape[-2:]
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True,
                               align_corners=False)[0]
         return (x - self.mean) / self.std
+
+    def _deblur(self, x: torch.Tensor) -> torch.Tensor:
+        """Sharpen ``float32 (3, h, w)`` in [0, 1] at the model's resolution if it is
+        blurrier than the reference (:class:`glandseg.data.blur.Deblur`)."""
+        hwc = x.permute(1, 2, 0).numpy()
+        out, extra = self._deblurrer(hwc)
+        self.last_extra_blur = extra
+        if out is hwc:
+            log.debug("deblur: %.2f px of extra blur, below the threshold: unchanged", extra)
+            return x
+        log.info("deblur: image blurrier than the model's training images by %.2f px "
+                 "(Gaussian sigma): sharpened", extra)
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
 
     @torch.no_grad()
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -385,6 +385,7 @@ def _cache_key(predictor, slide: Slide, mpp: float, zoom: float, cfg: SlideConfi
         "tiling": predictor.tiling.as_dict() if hasattr(predictor.tiling, "as_dict")
         else str(predictor.tiling),
         "stain_norm": getattr(predictor, "stain_norm", None),
+        "deblur": getattr(predictor, "deblur", None),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -261,7 +261,10 @@ class PostParams:
 
 @dataclass(frozen=True)
 class ContourPost(PostParams):
-    """``contour`` task (background/interior/boundary): watershed from interior seeds."""
+    """``contour`` task (background/interior/boundary): watershed from interior seeds.
+    ``boundary_weight`` ``a``: seeds and the watershed relief from ``interior - a *
+    boundary`` (0: the interior probability alone), which keeps glands whose gap is
+    faint (a blurred scan) apart."""
 
     task: ClassVar[str] = "contour"
     interior_threshold: float = _threshold(0.5)
@@ -269,6 +272,7 @@ class ContourPost(PostParams):
     min_area: int = _area(100)
     min_seed_area: int = _area(30)
     fill_holes: bool = field(default=True, metadata={"kind": "bool"})
+    boundary_weight: float = field(default=0.0, metadata={"kind": "float", "range": (0.0, 10.0)})
 
 
 @dataclass(frozen=True)

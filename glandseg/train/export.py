@@ -8,6 +8,12 @@ evaluation outputs beside them in ``NAME.eval/`` (``metrics.json``, ``per_image.
 card's training command is generated from the run's recorded arguments, never hand-typed;
 it also records the git commit, library versions, the machine and the training time.
 
+Chosen otherwise than by the run's own rule (its best epoch, post-processing tuned on
+validation): ``--checkpoint last`` ships the last epoch, ``--postprocess JSON`` replaces
+post-processing parameters, ``--note TEXT`` says how they were chosen; all three go into the
+card. ``--deblur`` (default ``auto``, as ``glandseg evaluate``) is the setting the test
+evaluation runs with, also recorded.
+
 Usage: ``python -m glandseg.train.export RUN_DIR NAME --data GLAS [--trained-on TEXT]``.
 """
 
@@ -111,16 +117,30 @@ def _training_record(run: Path, cfg: dict, trained_on: str) -> dict:
 
 def export_model(run: str | Path, name: str, data: str | Path | None = None,
                  dest: str | Path | None = None, trained_on: str = "",
-                 eval_dir: str | Path | None = None, device: str = "cpu") -> Path:
+                 eval_dir: str | Path | None = None, device: str = "cpu",
+                 checkpoint: str = "best", postprocess: dict | None = None,
+                 deblur: str = "auto", note: str = "") -> Path:
     """Export ``run`` as bundled model ``name`` (see the module docstring). ``data``: a GlaS
     folder to evaluate the exported files on; or ``eval_dir``: an existing evaluation of
-    them to read the figures from. Returns the weights path."""
+    them to read the figures from. ``checkpoint``: ``best`` or ``last``; ``postprocess``:
+    parameters replacing the run's; ``deblur``: the evaluation's setting. Returns the
+    weights path."""
+    from glandseg.models.config import postprocess_params
     from glandseg.models.store import load_model, resolve_model
 
     run = Path(run)
+    if checkpoint not in ("best", "last"):
+        raise GlandsegError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     cfg, weights = resolve_model(str(run))
     if weights is None:
         raise GlandsegError(f"{run}: no trained weights")
+    if checkpoint == "last":
+        weights = run / "last.safetensors"
+        if not weights.is_file():
+            raise GlandsegError(f"{weights}: missing; export the best epoch instead")
+    if postprocess:
+        cfg["postprocess"] = postprocess_params(cfg["task"], {**cfg["postprocess"],
+                                                               **postprocess}).as_dict()
     model = registry.build_model(cfg, pretrained=False)
     ckpt.load_weights(model, weights)
     dest = Path(dest) if dest else Path(str(resources.files("glandseg.weights")))
@@ -137,7 +157,15 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
                        "exported": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                        "export_machine": f"{platform.machine()} {platform.node()}"},
         "weights": "fp16 safetensors; every figure below was measured on these fp16 files",
+        "checkpoint": checkpoint,
+        "inference": {"deblur": deblur},
     }
+    if checkpoint == "last":
+        card["training"]["shipped_epoch"] = card["training"]["epochs_run"]
+    if postprocess:
+        card["postprocess_replaced"] = postprocess
+    if note:
+        card["selection"] = note
     if train.get("init"):  # fine-tuned: name the starting weights (before any overwrite)
         import hashlib
 
@@ -155,7 +183,7 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
     ckpt.save_json(dest / f"{name}.json", out_cfg)
     if data is not None:
         eval_dir = dest / f"{name}.eval"
-        _evaluate_export(wpath, name, data, eval_dir, device)
+        _evaluate_export(wpath, name, data, eval_dir, device, deblur)
     if eval_dir is not None:
         card.update(_figures(Path(eval_dir)))
         ckpt.save_json(dest / f"{name}.json", out_cfg)
@@ -166,14 +194,15 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
 
 
 def _evaluate_export(wpath: Path, name: str, data: str | Path, eval_dir: Path,
-                     device: str) -> None:
+                     device: str, deblur: str = "auto") -> None:
     """Evaluate the exported files on Test A/B; keep the small outputs in ``eval_dir``."""
     from glandseg.infer.predictor import Predictor
     from glandseg.report.evaluate import evaluate_model
 
     tmp = eval_dir.with_name(eval_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pred = Predictor.from_name(str(wpath), device=device)
+    pred = Predictor.from_name(str(wpath), device=device,
+                               deblur=None if deblur == "off" else deblur)
     evaluate_model(pred, data, tmp, name=name)
     shutil.rmtree(tmp / "predictions", ignore_errors=True)
     for f in list(tmp.iterdir()):  # evaluate also writes error overlays, the report, ...
@@ -213,8 +242,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dest", default=None, help="default: the package's weights folder")
     p.add_argument("--trained-on", default="", help="the training machine, in words")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which epoch's weights to ship (default: best)")
+    p.add_argument("--postprocess", default=None, metavar="JSON",
+                   help='post-processing parameters replacing the run\'s, e.g. '
+                        '\'{"interior_threshold": 0.5}\'')
+    p.add_argument("--deblur", choices=("auto", "off"), default="auto",
+                   help="--deblur of the test evaluation (default: auto, as glandseg evaluate)")
+    p.add_argument("--note", default="", help="how the checkpoint/post-processing were chosen")
     a = p.parse_args(argv)
-    print(export_model(a.run, a.name, a.data, a.dest, a.trained_on, a.eval_dir, a.device))
+    try:
+        post = json.loads(a.postprocess) if a.postprocess else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--postprocess: not JSON ({e}): give e.g. "
+                         '\'{"interior_threshold": 0.5}\'') from None
+    print(export_model(a.run, a.name, a.data, a.dest, a.trained_on, a.eval_dir, a.device,
+                       a.checkpoint, post, a.deblur, a.note))
 
 
 if __name__ == "__main__":

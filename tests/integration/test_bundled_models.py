@@ -59,7 +59,9 @@ def load_predictor(model: str):
         from glandseg import Predictor
     except ImportError:  # before the public API existed
         from glandseg.infer.predictor import Predictor
-    return Predictor.from_name(model, device="cpu")
+    from glandseg.cli.predict_cmd import DEFAULT_DEBLUR  # as `glandseg evaluate` runs
+
+    return Predictor.from_name(model, device="cpu", deblur=DEFAULT_DEBLUR)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -104,3 +104,40 @@ def test_evaluate_export_keeps_only_the_small_outputs(tmp_path: Path,
     export._evaluate_export(tmp_path / "m.safetensors", "m", tmp_path, eval_dir, "cpu")
     assert sorted(p.name for p in eval_dir.iterdir()) == sorted(export.EVAL_KEEP)
     assert not (tmp_path / "m.eval.tmp").exists()
+
+
+def test_export_last_checkpoint_with_chosen_postprocessing(tmp_path: Path) -> None:
+    """``checkpoint="last"`` ships last.safetensors, ``postprocess`` replaces (checked)
+    parameters, and both, with the note and the evaluation's deblur, are in the card."""
+    from glandseg import GlandsegError
+
+    run, dest = tmp_path / "run", tmp_path / "weights"
+    cfg = registry.default_config("unet")
+    cfg["model_args"]["width"] = 4
+    cfg["train"] = {"model": "unet", "stages": [{"optimizer": "adam"}], "crop": 48, "seed": 0,
+                    "val_images": ["train_1"], "pretrained": False}
+    run.mkdir()
+    ckpt.save_json(run / "config.json", cfg)
+    best, last = (registry.build_model(cfg, pretrained=False) for _ in range(2))
+    with torch.no_grad():
+        for p in last.parameters():
+            p.add_(0.5)
+    ckpt.save_weights(run / "best.safetensors", best)
+    ckpt.save_weights(run / "last.safetensors", last)
+    post = {"foreground_threshold": 0.4, "split_h": 2.0}  # a binary U-Net's
+    path = export_model(run, "tiny", dest=dest, checkpoint="last", postprocess=post,
+                        note="chosen on validation", deblur="off")
+    shipped, out = ckpt.load_model(str(path))
+    for k, v in shipped.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, last.state_dict()[k], atol=1e-2), k
+    assert out["postprocess"]["foreground_threshold"] == 0.4
+    assert out["postprocess"]["split_h"] == 2.0 and out["postprocess"]["min_area"] == 100
+    card = out["model_card"]
+    assert card["checkpoint"] == "last" and card["postprocess_replaced"] == post
+    assert card["selection"] == "chosen on validation" and card["inference"] == {"deblur": "off"}
+    with pytest.raises(GlandsegError, match="interior_threshold"):
+        export_model(run, "tiny", dest=dest, postprocess={"interior_threshold": 0.5})
+    (run / "last.safetensors").unlink()
+    with pytest.raises(GlandsegError, match="last.safetensors"):
+        export_model(run, "tiny", dest=dest, checkpoint="last")

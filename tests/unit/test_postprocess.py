@@ -208,3 +208,28 @@ def test_instance_parameters_are_checked() -> None:
                        {"min_size": [10]})
     with pytest.raises(GlandsegError, match="postprocess.fill_holes"):
         Predictor(NeverCalled(), {**cfg, "postprocess": {"fill_holes": True}})
+
+
+def test_boundary_weight_keeps_glands_apart_across_a_faint_gap() -> None:
+    """Two touching discs whose gap the model sees only faintly (interior 0.55 there, above
+    the seed threshold, with boundary 0.4: what a blurred scan gives): the interior alone
+    seeds one object; ``interior - 1 x boundary`` seeds two."""
+    shape = (64, 96)
+    a, b = disc(shape, 32, 30, 16), disc(shape, 32, 60, 16)
+    p = contour_probs([a | b])
+    neck = np.zeros(shape, bool)
+    neck[:, 44:47] = True
+    neck &= a | b
+    p[1][neck], p[2][neck], p[0][neck] = 0.55, 0.4, 0.05
+    kw = dict(interior_threshold=0.5, min_area=50, min_seed_area=10)
+    assert contour_to_labels(p, **kw).max() == 1
+    lab = contour_to_labels(p, boundary_weight=1.0, **kw)
+    assert lab.max() == 2 and lab[32, 30] != lab[32, 60]
+    np.testing.assert_array_equal(lab > 0, contour_to_labels(p, **kw) > 0)  # same foreground
+    # through the config: checked, and 0 (the default) is the plain interior
+    assert probs_to_labels(p, "contour", {**kw, "boundary_weight": 1.0}).max() == 2
+    assert probs_to_labels(p, "contour", kw).max() == 1
+    from glandseg import GlandsegError
+
+    with pytest.raises(GlandsegError, match="boundary_weight"):
+        probs_to_labels(p, "contour", {"boundary_weight": -1.0})
