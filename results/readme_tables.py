@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 W = ROOT / "glandseg" / "weights"
 MODELS = ("glas-unet", "glas-maskrcnn")
 #: Earlier bundles (results/previous/NAME.eval/), printed as extra rows.
-PREVIOUS = {"glas-unet": ("glas-unet-v2",)}
+PREVIOUS = {"glas-unet": ("glas-unet-v3", "glas-unet-v2")}
 #: The scatter compares the two trained with equal budgets (6.5 GPU-minutes each).
 SCATTER = {"glas-unet": ROOT / "results" / "previous" / "glas-unet-v2.eval",
            "glas-maskrcnn": W / "glas-maskrcnn.eval"}

@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a named recipe: its stages override optimizer, lr, weight decay, batch "
                         "and epochs; its settings (model, scale, crop, tile, repeats, ...) "
                         "apply where an option is left at its default. study: the 2020 "
-                        "study's; glas-unet-v2 / glas-maskrcnn-v2: the bundled models' (glas-unet v3 is v2 "
-                        "fine-tuned with --init --robust)")
+                        "study's; glas-unet-v2 / glas-maskrcnn-v2: the bundled models' (glas-unet v4 is v2 "
+                        "fine-tuned twice with --init --robust)")
     p.add_argument("--pretrained", choices=["coco", "imagenet", "none"], default=None,
                    help="initial weights: coco (maskrcnn, torchvision download), imagenet "
                         "(maskrcnn via torchvision; unet-lite0 and maskrcnn-lite0 offline from "

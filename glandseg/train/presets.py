@@ -47,8 +47,10 @@ PRESETS: dict[str, Preset] = {
                   "repeats": 20, "val_fraction": 0.2, "seed": 0},
         note="glas-unet v2 ran this recipe with --epochs 200 --max-minutes 6.5 on a GPU "
              "(cosine following the time budget; 8 epochs done, best by validation: 4); the "
-             "preset fixes 8 epochs so that it reproduces on any machine. The bundled v3 is "
-             "v2 fine-tuned with --init RUN --robust --lr 5e-5 --epochs 14 --repeats 2.",
+             "preset fixes 8 epochs so that it reproduces on any machine. v3 is v2 fine-tuned "
+             "with --init RUN --robust --lr 5e-5 --epochs 14 --repeats 2; the bundled v4 is "
+             "v3 fine-tuned with --init RUN --robust --robust-p 0.8 --lr 1e-4 --repeats 10 "
+             "(last epoch of 12) and exported with interior_threshold 0.5, boundary_weight 1.",
     ),
     # glas-maskrcnn v2: maskrcnn-lite0 at half resolution, 384² crops, SGD lr 1e-2, batch 4.
     "glas-maskrcnn-v2": Preset(
