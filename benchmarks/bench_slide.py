@@ -171,8 +171,8 @@ def child(spec: dict) -> dict:
     from glandseg.report.slide import write_slide_outputs
 
     torch.set_num_threads(spec["threads"])
-    pred = (_stub_predictor() if spec["model"] == "stub"
-            else Predictor.from_name(spec["model"], device="cpu"))
+    pred = (_stub_predictor() if spec["model"] == "stub"  # --deblur auto, as `predict` runs
+            else Predictor.from_name(spec["model"], device="cpu", deblur="auto"))
     work = Path(spec["work"])
     shutil.rmtree(work, ignore_errors=True)
     rss_model = _kib("VmRSS") / 1024
