@@ -8,7 +8,8 @@ Shifted copies are made here, in memory, from GlaS images (nothing is written bu
   image without the resolution (what glandseg did before ``--input-mpp``);
 - ``stainH``/``stainE``: HED-space stain shift (:func:`skimage.color.rgb2hed`):
   haematoxylin x1.2 and eosin x0.8, or haematoxylin x0.8 and eosin x1.2;
-- ``jpeg60``: JPEG quality 60; ``blur``: Gaussian blur, sigma 1.5 px.
+- ``jpeg60``: JPEG quality 60; ``blur``: Gaussian blur, sigma 1.5 px; ``blur_jpeg60``: both
+  (blur, then JPEG 60).
 
 Each shift is predicted without stain normalisation and with ``--stain-norm macenko`` and
 ``reinhard``. Scores: pooled F1 and object Dice (object Hausdorff too, in pixels of the
@@ -50,7 +51,8 @@ from glandseg.data.discover import discover  # noqa: E402
 from glandseg.data.io import read_image, read_label, write_text  # noqa: E402
 from glandseg.models.config import GLAS_MPP  # noqa: E402
 
-SHIFTS = ("clean", "scale2x", "scale2x_nompp", "stainH", "stainE", "jpeg60", "blur")
+SHIFTS = ("clean", "scale2x", "scale2x_nompp", "stainH", "stainE", "jpeg60", "blur",
+          "blur_jpeg60")
 NORMS = (None, "macenko", "reinhard")
 #: Shifts measured with stain normalisation too (scale is independent of colour).
 NORMED_SHIFTS = ("clean", "stainH", "stainE", "jpeg60", "blur")
@@ -106,6 +108,8 @@ def shifted(shift: str, image: np.ndarray, truth: np.ndarray
         return jpeg(image, 60), truth, None
     if shift == "blur":
         return blur(image, 1.5), truth, None
+    if shift == "blur_jpeg60":  # a blurred scan exported as JPEG: sharpening meets artefacts
+        return jpeg(blur(image, 1.5), 60), truth, None
     raise ValueError(shift)
 
 
@@ -165,6 +169,13 @@ def table(results: list[dict], parts: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _order(r: dict) -> tuple[int, int]:
+    """Table order of a result: shift as in :data:`SHIFTS`, then no norm, then NORMS."""
+    norms = [None, *NORMS[1:]]
+    return (SHIFTS.index(r["shift"]) if r["shift"] in SHIFTS else len(SHIFTS),
+            norms.index(r["stain_norm"]) if r["stain_norm"] in norms else len(norms))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.environ.get("GLANDSEG_GLAS",
@@ -220,6 +231,12 @@ def main() -> int:
             r = run_variant(pred, samples, shift, norm)
             print(json.dumps(r), flush=True)
         record["results"].append(r)
+        write_text(out, json.dumps(record, indent=1) + "\n")
+    # earlier results of the same weights and post-processing outside this plan are kept
+    planned = set(plan)
+    kept = [r for key, r in done.items() if key not in planned]
+    if kept:
+        record["results"] = sorted(record["results"] + kept, key=_order)
         write_text(out, json.dumps(record, indent=1) + "\n")
     print(f"\n{args.model} on {len(samples)} {args.part} image(s) → {out}\n")
     print(table(record["results"], parts))
