@@ -147,3 +147,17 @@ def test_glas_reference_and_blurred_copies(glas_dir: Path) -> None:
     assert all(d(im)[0] is im for im in imgs)  # no training image is sharpened
     extra = [d.extra(blurred(im, 1.5)) for im in imgs[:4]]
     assert all(1.2 < e < 1.8 for e in extra), extra
+
+
+def test_cli_default_is_auto_and_reaches_the_predictor() -> None:
+    import argparse
+
+    from glandseg.cli.predict_cmd import DEFAULT_DEBLUR, add_model_args, make_predictor
+
+    p = argparse.ArgumentParser()
+    add_model_args(p)
+    args = p.parse_args(["--model", "unet", "--device", "cpu"])
+    assert args.deblur == DEFAULT_DEBLUR == "auto"
+    assert make_predictor(args).deblur == "auto"
+    args = p.parse_args(["--model", "unet", "--device", "cpu", "--deblur", "off"])
+    assert make_predictor(args).deblur is None
