@@ -17,14 +17,16 @@ image scored, so twice as large for 2x copies), ground-truth regions split.
 
 Images: ``--part val`` (default) the 18 validation images of the patient split the bundled
 models use (``patient_split(train, 0.2, seed 0)``: patients never trained on); ``--part
-test``: the 80 Test A/B images, clean and ``scale2x`` only, run once as the final figure
-(never used to choose anything).
+test``: the 80 Test A/B images, by default clean and ``scale2x`` only (``--shifts`` for
+others), run once per bundled model as a reported figure (never used to choose anything).
+``--deblur auto`` (default, as ``glandseg predict``) or ``off``.
 
     .venv/bin/python benchmarks/bench_robustness.py [--part val|test] [--model glas-unet]
 
-Results: ``benchmarks/results/robustness_<part>_<model>.json`` (one entry per variant,
-written as each finishes; a re-run reuses finished variants of the same model weights
-unless ``--fresh``; ``--redo SHIFT`` recomputes some) and a Markdown table on stdout.
+Results: ``benchmarks/results/robustness_<part>_<model>[_nodeblur].json`` (one entry per
+variant, written as each finishes; a re-run reuses finished variants of the same model
+weights, post-processing and deblur setting unless ``--fresh``, and keeps those outside its
+plan; ``--redo SHIFT`` recomputes some) and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -169,6 +171,16 @@ def table(results: list[dict], parts: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _post(task: str, params: dict | None) -> dict | None:
+    """A recorded post-processing dict with the defaults of newer parameters filled in."""
+    from glandseg.models.config import postprocess_params
+
+    try:
+        return postprocess_params(task, params).as_dict() if params else None
+    except Exception:  # noqa: BLE001 (an old record that no longer validates: not the same)
+        return None
+
+
 def _order(r: dict) -> tuple[int, int]:
     """Table order of a result: shift as in :data:`SHIFTS`, then no norm, then NORMS."""
     norms = [None, *NORMS[1:]]
@@ -187,9 +199,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N images only (a check)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                     help="where the model runs (figures quoted in the README: cpu)")
-    ap.add_argument("--deblur", choices=("auto", "off"), default="off",
-                    help="the predictor's --deblur (default here: off, as the figures of v3 "
-                         "and earlier were measured)")
+    ap.add_argument("--deblur", choices=("auto", "off"), default="auto",
+                    help="the predictor's --deblur (default: auto, as glandseg predict; the "
+                         "figures of v3 and earlier were measured before it existed, i.e. off)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--fresh", action="store_true", help="ignore earlier results")
     ap.add_argument("--redo", nargs="+", default=(), choices=SHIFTS,
@@ -204,7 +216,7 @@ def main() -> int:
     samples = samples_of(args.data, args.part, args.limit)
     name = Path(args.model).name.replace(".safetensors", "")
     suffix = f"_limit{args.limit}" if args.limit else ""
-    suffix += "_deblur" if args.deblur == "auto" else ""
+    suffix += "_nodeblur" if args.deblur == "off" else ""
     out = Path(args.out or ROOT / "benchmarks" / "results" /
                f"robustness_{args.part}_{name}{suffix}.json")
     shifts = args.shifts or (SHIFTS if args.part == "val" else TEST_SHIFTS)
@@ -213,8 +225,8 @@ def main() -> int:
     plan = [(s, n) for s in shifts for n in norms if n is None or s in NORMED_SHIFTS]
 
     old = json.loads(out.read_text()) if out.is_file() and not args.fresh else {}
-    same = (old.get("weights_sha256") == wsha
-            and old.get("postprocess") == cfg.postprocess.as_dict())
+    same = (old.get("weights_sha256") == wsha and old.get("deblur", "off") == args.deblur
+            and _post(cfg.task, old.get("postprocess")) == cfg.postprocess.as_dict())
     done = {(r["shift"], r["stain_norm"]): r for r in old.get("results", [])} if same else {}
     pred = Predictor.from_name(args.model, device=args.device,
                                deblur=None if args.deblur == "off" else "auto")
@@ -224,6 +236,8 @@ def main() -> int:
               "metric": "official GlaS, pooled, ground-truth regions split",
               "machine": machine(), "device": str(pred.device), "results": []}
     parts = ["other"] if args.part == "val" else ["testA", "testB"]
+    # earlier results (same weights, post-processing, deblur) outside this plan are kept
+    kept = [r for key, r in done.items() if key not in set(plan)]
     for shift, norm in plan:
         if (shift, norm) in done and shift not in args.redo:
             r = done[(shift, norm)]
@@ -231,13 +245,9 @@ def main() -> int:
             r = run_variant(pred, samples, shift, norm)
             print(json.dumps(r), flush=True)
         record["results"].append(r)
-        write_text(out, json.dumps(record, indent=1) + "\n")
-    # earlier results of the same weights and post-processing outside this plan are kept
-    planned = set(plan)
-    kept = [r for key, r in done.items() if key not in planned]
-    if kept:
-        record["results"] = sorted(record["results"] + kept, key=_order)
-        write_text(out, json.dumps(record, indent=1) + "\n")
+        write_text(out, json.dumps({**record, "results": sorted(record["results"] + kept,
+                                                                key=_order)}, indent=1) + "\n")
+    record["results"] = sorted(record["results"] + kept, key=_order)
     print(f"\n{args.model} on {len(samples)} {args.part} image(s) → {out}\n")
     print(table(record["results"], parts))
     return 0

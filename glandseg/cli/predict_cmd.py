@@ -48,9 +48,9 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
                         "(L*a*b* statistics); default: off")
     p.add_argument("--deblur", choices=("auto", "off"), default=DEFAULT_DEBLUR,
                    help="auto (default): measure each image's focus at the model's resolution "
-                        "and sharpen (unsharp mask) one blurrier than the model's training "
-                        "images by more than 0.7 px (Gaussian sigma); sharp images pass "
-                        "unchanged. U-Nets only. off: never")
+                        "and sharpen (unsharp mask) one blurrier than the GlaS training "
+                        "images (0.96 px) by more than 0.7 px (Gaussian sigma); sharp images "
+                        "pass unchanged. U-Nets only. off: never")
 
 
 def make_predictor(args: argparse.Namespace):

@@ -8,7 +8,7 @@ re-blur ratio (Zhuo & Sim, "Defocus map estimation from a single image", 2011): 
 edge blurred by ``sigma`` the gradient peak falls by ``sqrt(sigma**2 + s0**2) / sigma`` when
 the image is blurred again by a known ``s0``, so ``sigma = s0 / sqrt(R**2 - 1)`` for the
 measured ratio ``R`` (median over the 2 % strongest gradients). On GlaS at 0.62 µm/px it reads
-about 0.96 px for the training images (5-95 %: 0.87-1.05) and
+about 0.96 px for the training images (median; 5-95 %: 0.87-1.05, all: 0.85-1.09) and
 ``sqrt(0.96**2 + s**2)`` after a further Gaussian blur of ``s`` px.
 
 :class:`Deblur` sharpens an image whose extra blur ``sqrt(sigma**2 - reference**2)`` exceeds
@@ -16,7 +16,8 @@ about 0.96 px for the training images (5-95 %: 0.87-1.05) and
 sharper images pass unchanged. The defaults were chosen on validation copies blurred by
 σ 1 and 2 px (benchmarks/README_robustness.md). It works at the model's resolution (the
 :class:`~glandseg.infer.predictor.Predictor` applies it after resampling), where the
-reference holds.
+reference holds. The reference is GlaS's (20x, 0.62 µm/px) for every model: a model trained
+on much sharper or softer scans would need its own (``Deblur(reference=...)``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def unsharp(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     from skimage.filters import gaussian
 
     is_u8 = image.dtype == np.uint8
+    if not (is_u8 or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"expected uint8 or float in [0, 1], got {image.dtype}")
     x = image.astype(np.float32) / 255.0 if is_u8 else image.astype(np.float32)
     b = gaussian(x, sigma=sigma, channel_axis=-1, preserve_range=True)
     out = np.clip(x + amount * (x - b), 0.0, 1.0)

@@ -1,8 +1,9 @@
 """Probability maps → instance label images (2-D ``int32``, 0 = background, 1..N glands).
 
 - ``contour`` task (classes background / interior / boundary): seeds are connected
-  components of the interior probability, grown by watershed over the gland foreground
-  (interior + boundary), so glands that touch stay apart.
+  components of the interior probability (minus ``boundary_weight`` × the boundary
+  probability, when set), grown by watershed over the gland foreground (interior +
+  boundary), so glands that touch stay apart.
 - ``binary`` task (the study's U-Net): threshold, then optionally split weakly connected
   objects by a distance-transform watershed (``split_h`` > 0).
 

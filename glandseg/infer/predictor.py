@@ -150,8 +150,9 @@ class Predictor:
     ``device``, ``tta`` (average over horizontal/vertical flips), ``tiling``
     (:class:`TileConfig`, default: the config's), ``input_mpp`` (µm/px of the images given
     without ``mpp=``; ``None``: the model's, no rescaling), ``stain_norm`` (``None``,
-    ``"macenko"`` or ``"reinhard"``), ``deblur`` (``None`` or ``"auto"``: sharpen images
-    measurably blurrier than the model's training images, :mod:`glandseg.data.blur`).
+    ``"macenko"`` or ``"reinhard"``), ``deblur`` (``None``/``"off"``, the default here, or
+    ``"auto"``, the CLI's default: sharpen images measurably blurrier than the GlaS training
+    images, :mod:`glandseg.data.blur`).
 
     Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
     ``task``, ``scale``, ``mpp`` (the model's µm/px), ``mean``/``std``

@@ -131,6 +131,11 @@ def export_model(run: str | Path, name: str, data: str | Path | None = None,
     run = Path(run)
     if checkpoint not in ("best", "last"):
         raise GlandsegError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if deblur not in ("auto", "off"):
+        raise GlandsegError(f"deblur must be 'auto' or 'off', got {deblur!r}")
+    if postprocess is not None and not isinstance(postprocess, dict):
+        raise GlandsegError("postprocess must be a JSON object of parameters, e.g. "
+                            '{"interior_threshold": 0.5}; got ' + repr(postprocess))
     cfg, weights = resolve_model(str(run))
     if weights is None:
         raise GlandsegError(f"{run}: no trained weights")

@@ -47,4 +47,9 @@ def tune_postprocess(predictor: Predictor, val_data: list[tuple[str, np.ndarray,
     check_keys(f"tuning grid of task {predictor.task!r}", "", grid,
                POSTPROCESS[predictor.task].names())
     probs = [(name, predictor.predict_proba(img), truth) for name, img, truth in val_data]
-    return grid_search(grid, probs, lambda p, _shape, params: predictor.postprocess(p, params))
+    # parameters outside the grid (e.g. boundary_weight) keep the model's values, and are
+    # returned with the rest so that a run saves what was scored
+    mc = getattr(predictor, "model_config", None)
+    base = mc.postprocess.as_dict() if mc is not None else None
+    return grid_search(grid, probs, lambda p, _shape, params: predictor.postprocess(p, params),
+                       base)

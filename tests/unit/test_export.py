@@ -138,6 +138,10 @@ def test_export_last_checkpoint_with_chosen_postprocessing(tmp_path: Path) -> No
     assert card["selection"] == "chosen on validation" and card["inference"] == {"deblur": "off"}
     with pytest.raises(GlandsegError, match="interior_threshold"):
         export_model(run, "tiny", dest=dest, postprocess={"interior_threshold": 0.5})
+    with pytest.raises(GlandsegError, match="JSON object"):
+        export_model(run, "tiny", dest=dest, postprocess=[0.5])  # type: ignore[arg-type]
+    with pytest.raises(GlandsegError, match="deblur"):
+        export_model(run, "tiny", dest=dest, deblur="on")
     (run / "last.safetensors").unlink()
     with pytest.raises(GlandsegError, match="last.safetensors"):
         export_model(run, "tiny", dest=dest, checkpoint="last")

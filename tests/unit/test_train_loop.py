@@ -208,8 +208,10 @@ def test_contour_lite0_trains_one_epoch_and_tunes(data: Path, tmp_path: Path) ->
     assert cfg["task"] == "contour" and cfg["model_args"]["out_channels"] == 3
     assert [int(x["epoch"]) for x in rows(run)] == [1]
     grid = GRIDS["contour"]
-    assert set(cfg["postprocess"]) == set(grid)
+    # every parameter is saved: the grid's tuned, the rest (boundary_weight) as scored
+    assert set(cfg["postprocess"]) == set(grid) | {"boundary_weight"}
     assert all(cfg["postprocess"][k] in grid[k] for k in grid)
+    assert cfg["postprocess"]["boundary_weight"] == 0.0
     model, _ = ckpt.load_model(str(run))
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
