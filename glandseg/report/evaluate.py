@@ -43,7 +43,8 @@ def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
 OUTPUT_FILES = tuple(f"{stem}{suffix}{ext}" for suffix in ("", "_split_gt")
                      for stem, ext in (("metrics", ".json"), ("per_image", ".csv"),
                                        ("leaderboard", ".txt"), ("leaderboard", ".csv"))) + (
-    "fig4_testA.png", "fig4_testB.png", "grades.csv", "grading.json", "report.html")
+    "fig4_testA.png", "fig4_testB.png", "grades.csv", "grading.json", "report.html",
+    "settings.json")
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -95,13 +96,15 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
     from glandseg.report.grading import GradeLog
 
     grading = None if grader is False else GradeLog.open(predictor, grader or None)
-    results, split_results = [], []
+    results, split_results, sharpened = [], [], {}
     dense = predictor.task != "instances"
     for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
         image, truth = read_image(s.image), read_label(s.anno, what="annotation")
         # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
         mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
         labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
+        if _was_sharpened(predictor):
+            sharpened[s.name] = round(float(predictor.last_extra_blur), 3)
         prob = foreground_probability(probs, predictor.task) if dense else None
         write_label(out / "predictions" / f"{s.name}.png", labels)
         results += evaluate_pairs([(s.name, labels, truth, prob)])
@@ -109,6 +112,7 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
         if grading is not None:
             grading.add(s.name, s.split, s.grade, image, labels)
+    _write_settings(predictor, out, data, splits, limit, sharpened)
     metrics = _write_metrics(results, name, out, "", totals)
     _write_metrics(split_results, name, out, "_split_gt", totals)
     _figures(results, samples, out)
@@ -118,6 +122,40 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         grading.write(out)
     write_report(out, f"glandseg evaluation: {name}", grades=grading is not None)
     return metrics
+
+
+def _was_sharpened(predictor: Predictor) -> bool:
+    d = getattr(predictor, "_deblurrer", None)
+    extra = getattr(predictor, "last_extra_blur", None)
+    return d is not None and extra is not None and extra >= d.threshold
+
+
+def _write_settings(predictor: Predictor, out: Path, data: str | Path,
+                    splits: tuple[str, ...], limit: int | None, sharpened: dict) -> None:
+    """``settings.json``: what produced the figures beside it (model and weights
+    fingerprint, resolution, tiling, TTA, stain normalisation, deblur and the images it
+    sharpened, post-processing, data, glandseg version)."""
+    from datetime import UTC, datetime
+
+    from glandseg import __version__
+    from glandseg.infer.slide import _fingerprint
+
+    tiling = predictor.tiling
+    rec = {
+        "glandseg": __version__,
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": predictor.config.get("model"), "task": predictor.task,
+        "model_fingerprint": _fingerprint(predictor),
+        "model_mpp": predictor.mpp, "input_mpp": getattr(predictor, "input_mpp", None),
+        "tiling": tiling.as_dict() if hasattr(tiling, "as_dict") else str(tiling),
+        "tta": bool(getattr(predictor, "tta", False)),
+        "stain_norm": getattr(predictor, "stain_norm", None),
+        "deblur": getattr(predictor, "deblur", None) or "off",
+        "sharpened_images": sharpened,
+        "postprocess": predictor.config.get("postprocess"),
+        "data": str(data), "splits": list(splits), "limit": limit,
+    }
+    write_text(out / "settings.json", json.dumps(rec, indent=2) + "\n")
 
 
 def _write_metrics(results: list, name: str, out: Path, suffix: str,

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Evaluation outputs kept beside a bundled model (small; predictions/ is not kept).
 EVAL_KEEP = ("metrics.json", "metrics_split_gt.json", "per_image.csv", "per_image_split_gt.csv",
-             "leaderboard.txt", "leaderboard_split_gt.txt", "fig4_testA.png", "fig4_testB.png")
+             "leaderboard.txt", "leaderboard_split_gt.txt", "fig4_testA.png", "fig4_testB.png",
+             "settings.json")
 
 # TrainConfig field → CLI flag (the train verb's options), in the order they are printed.
 _FLAGS = (("model", "--model"), ("epochs", "--epochs"), ("batch_size", "--batch-size"),

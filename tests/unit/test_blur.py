@@ -161,3 +161,17 @@ def test_cli_default_is_auto_and_reaches_the_predictor() -> None:
     assert make_predictor(args).deblur == "auto"
     args = p.parse_args(["--model", "unet", "--device", "cpu", "--deblur", "off"])
     assert make_predictor(args).deblur is None
+
+
+def test_evaluate_records_which_images_were_sharpened() -> None:
+    from glandseg.report.evaluate import _was_sharpened
+
+    sharp = blocks(2, 128)
+    pred = Predictor(Recorder(), CFG)
+    pred.predict_proba(blurred(sharp, 2.0))
+    assert not _was_sharpened(pred)  # deblur off
+    pred.deblur = "auto"
+    pred.predict_proba(blurred(sharp, 2.0))
+    assert _was_sharpened(pred)
+    pred.predict_proba(sharp)
+    assert not _was_sharpened(pred)

@@ -70,6 +70,17 @@ def test_evaluate_all_images_not_partial_in_metrics(glas: Path, fg_model: Path,
     assert m["testA"]["partial"] is False and m["testA"]["n_images"] == 3
     # every image of this folder, but not the official 60 + 20: still not ranked
     assert "PARTIAL" in (out / "leaderboard.txt").read_text()
+    # what produced the figures: the CLI's defaults (deblur auto), the model's fingerprint
+    st = json.loads((out / "settings.json").read_text())
+    assert st["deblur"] == "auto" and st["tta"] is False and st["stain_norm"] is None
+    assert st["model"] == "unet" and len(st["model_fingerprint"]) == 64 and st["limit"] is None
+    assert st["splits"] == ["testA", "testB"] and st["data"] == str(glas)
+    assert isinstance(st["sharpened_images"], dict)
+    assert main(["-q", "evaluate", "--model", str(fg_model), "--data", str(glas), "--out",
+                 str(tmp_path / "ev2"), "--device", "cpu", "--deblur", "off", "--limit", "1"]) == 0
+    st2 = json.loads((tmp_path / "ev2" / "settings.json").read_text())
+    assert st2["deblur"] == "off" and st2["limit"] == 1 and st2["sharpened_images"] == {}
+    assert st2["model_fingerprint"] == st["model_fingerprint"]
 
 
 def test_evaluate_out_is_a_file(glas: Path, tmp_path: Path, capsys) -> None:
