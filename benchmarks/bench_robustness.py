@@ -173,11 +173,12 @@ def table(results: list[dict], parts: list[str]) -> str:
 
 def _post(task: str, params: dict | None) -> dict | None:
     """A recorded post-processing dict with the defaults of newer parameters filled in."""
+    from glandseg import GlandsegError
     from glandseg.models.config import postprocess_params
 
     try:
         return postprocess_params(task, params).as_dict() if params else None
-    except Exception:  # noqa: BLE001 (an old record that no longer validates: not the same)
+    except GlandsegError:  # an old record that no longer validates: not the same
         return None
 
 

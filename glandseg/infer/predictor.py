@@ -157,7 +157,8 @@ class Predictor:
     Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
     ``task``, ``scale``, ``mpp`` (the model's µm/px), ``mean``/``std``
     (``float32 (3, 1, 1)``), ``tiling``, ``stride``, ``input_mpp``, ``stain_norm``, ``deblur``, ``last_extra_blur``
-    (px beyond the reference measured on the last image, when ``deblur`` is on).
+    (px beyond the reference measured on the last image, when ``deblur`` is on) and
+    ``last_sharpened`` (whether that image was sharpened).
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig | dict,
@@ -183,6 +184,7 @@ class Predictor:
         self.stain_norm = stain_norm
         self.deblur = deblur
         self.last_extra_blur: float | None = None
+        self.last_sharpened = False
         self._assumed_logged = False
 
     @property
@@ -290,7 +292,7 @@ class Predictor:
         blurrier than the reference (:class:`glandseg.data.blur.Deblur`)."""
         hwc = x.permute(1, 2, 0).numpy()
         out, extra = self._deblurrer(hwc)
-        self.last_extra_blur = extra
+        self.last_extra_blur, self.last_sharpened = extra, out is not hwc
         if out is hwc:
             log.debug("deblur: %.2f px of extra blur, below the threshold: unchanged", extra)
             return x

@@ -103,7 +103,7 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
         mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
         labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
-        if _was_sharpened(predictor):
+        if predictor.deblur and getattr(predictor, "last_sharpened", False):
             sharpened[s.name] = round(float(predictor.last_extra_blur), 3)
         prob = foreground_probability(probs, predictor.task) if dense else None
         write_label(out / "predictions" / f"{s.name}.png", labels)
@@ -122,12 +122,6 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         grading.write(out)
     write_report(out, f"glandseg evaluation: {name}", grades=grading is not None)
     return metrics
-
-
-def _was_sharpened(predictor: Predictor) -> bool:
-    d = getattr(predictor, "_deblurrer", None)
-    extra = getattr(predictor, "last_extra_blur", None)
-    return d is not None and extra is not None and extra >= d.threshold
 
 
 def _write_settings(predictor: Predictor, out: Path, data: str | Path,

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from skimage.filters import gaussian
-from torch import nn
 
 from glandseg import GlandsegError
 from glandseg.cli import main
 from glandseg.data.blur import GLAS_BLUR_SIGMA, Deblur, estimate_blur, unsharp
 from glandseg.infer.predictor import Predictor
+from tests.conftest import Recorder
 
 
 def blocks(seed: int = 0, size: int = 256) -> np.ndarray:
@@ -78,16 +77,6 @@ def test_deblur_passes_sharp_images_and_sharpens_blurred_ones() -> None:
     # a slight blur below the threshold passes unchanged
     slight = blurred(img, 0.4)
     assert d(slight)[0] is slight
-
-
-class Recorder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return torch.zeros(x.shape[0], 3, *x.shape[-2:])
 
 
 CFG = {"task": "contour", "preprocess": {"scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]}}
@@ -163,15 +152,13 @@ def test_cli_default_is_auto_and_reaches_the_predictor() -> None:
     assert make_predictor(args).deblur is None
 
 
-def test_evaluate_records_which_images_were_sharpened() -> None:
-    from glandseg.report.evaluate import _was_sharpened
-
+def test_predictor_says_whether_it_sharpened() -> None:
     sharp = blocks(2, 128)
     pred = Predictor(Recorder(), CFG)
     pred.predict_proba(blurred(sharp, 2.0))
-    assert not _was_sharpened(pred)  # deblur off
+    assert not pred.last_sharpened  # deblur off
     pred.deblur = "auto"
     pred.predict_proba(blurred(sharp, 2.0))
-    assert _was_sharpened(pred)
+    assert pred.last_sharpened
     pred.predict_proba(sharp)
-    assert not _was_sharpened(pred)
+    assert not pred.last_sharpened

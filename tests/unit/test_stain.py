@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from glandseg import GlandsegError
 from glandseg.cli import main
 from glandseg.data import stain
 from glandseg.infer.predictor import Predictor
+from tests.conftest import Recorder
 
 REF = stain.load_reference()
 
@@ -112,18 +111,6 @@ def test_fit_reference_recovers_the_stains() -> None:
     ref = stain.fit_reference(images, per_image=5000)
     assert ref["pixels"] == 15000
     assert cosines(ref["macenko"]["stain_matrix"], he).min() > 0.995
-
-
-class Recorder(nn.Module):
-    stride = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        return torch.zeros(x.shape[0], 3, *x.shape[-2:])
 
 
 def test_predictor_normalises_before_predicting() -> None:
