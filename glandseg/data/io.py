@@ -15,16 +15,18 @@ clearly physical (see there for the rule).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from glandseg import GlandsegError
 
@@ -52,12 +54,58 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+#: EXIF ``Orientation`` tag; values 5-8 swap width and height.
+_EXIF_ORIENTATION = 0x0112
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a readable regular file (following symbolic links), or ``None``.
+
+    Tells apart a missing file, a broken symbolic link, a symbolic link loop, a folder and
+    a special file (a FIFO, a device, a socket: opening one can block forever). Opens
+    nothing."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return (f"a broken symbolic link (its target {os.readlink(path)} does not exist); "
+                    "fix or remove the link")
+        return "file not found; check the path"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop (the link leads back to itself); fix the link"
+        return f"cannot be opened ({exc.strerror or exc}); check the path"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "a special file")
+        return f"{kind}, not a regular file; give image files"
+    return None
+
+
+def exif_upright(im: Image.Image) -> Image.Image:
+    """``im`` as displayed: rotated/flipped by its EXIF ``Orientation`` tag (JPEG, PNG,
+    WebP, TIFF via Pillow), which image viewers honour; ``im`` itself without one."""
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # damaged EXIF: keep the stored frame
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
 def _read_raw(path: Path, rgb: bool = False) -> np.ndarray:
     """Decode ``path`` to an array. ``rgb``: convert palette/CMYK/... PIL modes to RGB
-    (for images; label images keep palette indices, which are the labels)."""
+    (for images; label images keep palette indices, which are the labels). Pillow formats
+    come in their displayed orientation (EXIF ``Orientation``, :func:`exif_upright`)."""
     path = Path(path)
-    if not path.is_file():
-        raise GlandsegError(f"{path}: file not found; check the path")
+    why = file_problem(path)
+    if why:
+        raise GlandsegError(f"{path}: {why}")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -65,6 +113,7 @@ def _read_raw(path: Path, rgb: bool = False) -> np.ndarray:
             return np.asarray(tifffile.imread(path))
         with Image.open(path) as im:
             im.load()
+            im = exif_upright(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(im).astype(np.uint16)
             if rgb and im.mode in _CONVERT_TO_RGB:
@@ -109,15 +158,26 @@ def as_rgb8(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return out if out.flags.writeable else out.copy()
 
 
-def read_label(path: str | os.PathLike, what: str = "label image") -> np.ndarray:
+def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None,
+               what: str = "label image") -> np.ndarray:
     """Read an instance label image (8/16/32-bit). Returns ``int32`` ``(H, W)``, 0 = background.
 
+    A QuPath GeoJSON file (``.geojson``: glandseg's own predictions, or a pathologist's
+    annotations) is rasterised (:mod:`glandseg.data.geojson`) to ``shape`` ``(H, W)``, or
+    when ``shape`` is ``None`` to the size of the image beside it (``<stem>.png|tif|...``);
+    ``Region*``/``Ignore*`` polygons are not glands (the ignore mask they define is
+    :func:`glandseg.data.geojson.read_geojson_label`'s). For label images ``shape``, when
+    given, must match (one-line error otherwise).
     ``what`` names the file's role in messages (``"prediction"``, ``"annotation"``).
     A lossy file (JPEG, WebP, JPEG 2000, lossy TIFF) is refused. Raises
     :class:`GlandsegError` if the file is not a single-channel integer image (a colour
     image or a float image is not a label image). A grey RGB file (R = G = B)
     is read as its one channel; :func:`implausible_label` tells whether it looks like one.
     """
+    if Path(path).suffix.lower() == ".geojson":
+        from glandseg.data.geojson import read_geojson_label
+
+        return read_geojson_label(path, shape).labels
     lossy = lossy_label_reason(path)
     if lossy:
         raise GlandsegError(f"{path}: {what} {lossy}; lossy compression changes label values "
@@ -142,6 +202,9 @@ def read_label(path: str | os.PathLike, what: str = "label image") -> np.ndarray
         )
     if arr.size and arr.min() < 0:
         raise GlandsegError(f"{path}: {what} has negative values")
+    if shape is not None and arr.shape != tuple(shape):
+        raise GlandsegError(f"{path}: {what} is {arr.shape[1]}x{arr.shape[0]} (WxH), expected "
+                            f"{shape[1]}x{shape[0]}; it belongs to another image")
     return arr.astype(np.int32)
 
 
@@ -296,10 +359,12 @@ def read_mpp(path: str | os.PathLike) -> tuple[float | None, str]:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of an image or label file from its header, without decoding
-    the pixels. Raises :class:`GlandsegError` if the file cannot be opened."""
+    the pixels, in the displayed orientation (EXIF, as :func:`read_image` returns it).
+    Raises :class:`GlandsegError` if the file cannot be opened."""
     path = Path(path)
-    if not path.is_file():
-        raise GlandsegError(f"{path}: file not found; check the path")
+    why = file_problem(path)
+    if why:
+        raise GlandsegError(f"{path}: {why}")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -310,7 +375,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 return int(shape[1]), int(shape[2])  # planar (C, H, W)
             return int(shape[0]), int(shape[1])
         with Image.open(path) as im:
-            return im.height, im.width
+            try:
+                turned = im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+            except Exception:  # damaged EXIF: read as stored (as _read_raw does)
+                turned = False
+            return (im.width, im.height) if turned else (im.height, im.width)
     except Exception as exc:
         raise GlandsegError(
             f"{path}: cannot read the image header ({type(exc).__name__}: {exc}); "
@@ -334,6 +403,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: The name :func:`atomic_path` gives its temporary file: ``.<stem>.<8 random
+#: characters of tempfile's alphabet><suffix>`` beside the target ``<stem><suffix>``.
+_TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)$")
+
+
+def temp_target(name: str) -> str | None:
+    """The file name that a temporary file of :func:`atomic_path` named ``name`` was to
+    become (``.testA_1.k3j_x9q2.png`` → ``testA_1.png``), or ``None`` if ``name`` is not
+    of that pattern. A temporary file left behind was killed mid-write."""
+    m = _TEMP_RE.match(name)
+    if not m:
+        return None
+    suffix = m.group("suffix")
+    return m.group("stem") + ("" if suffix == ".tmp" else suffix)
+
+
+#: First characters that make a spreadsheet read a CSV cell as a formula (OWASP, "CSV
+#: injection"): ``= + - @``, tab and carriage return.
+FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """A text cell (e.g. an image name) made inert for spreadsheets: prefixed with a single
+    quote ``'`` when it starts with one of :data:`FORMULA_CHARS`, as OWASP advises; other
+    text unchanged. Use it on names, not on numbers (``-0.5`` would become text)."""
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_CHARS) else text
 
 
 def check_labels(labels: np.ndarray) -> np.ndarray:
