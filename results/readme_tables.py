@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from glandseg.report.leaderboard import load_published, rank_many  # noqa: E402
+from glandseg.report.leaderboard import RANKED_KINDS, load_published, rank_many  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 W = ROOT / "glandseg" / "weights"
@@ -76,12 +76,15 @@ def main() -> None:
                 beats.append(better)
             print(f"\n{name} (split) beats {ref} on {sum(beats)} of 6 figures: "
                   + ", ".join(f"{k} {p}" for (k, p), b in zip(COLS, beats, strict=True) if b))
-        rows = rank_many({name: split}, kinds=("challenge_entry",))
+        # as `glandseg leaderboard METRICS --name NAME` ranks it: the 2015 entries only
+        rows = [r for r in rank_many({name: split}, kinds=RANKED_KINDS) if r.ranked]
         ours = next(r for r in rows if r.method == name)
+        other = next(r for r in rows if r.method != name and r.place >= ours.place)
         n = len(rows)
         ranks = ", ".join(f"{c} {ours.ranks[c]}" for c in ours.ranks)
         print(f"\nAmong the 2015 entries + {name} ({n} rows), split GT: place {ours.place} by rank "
-              f"sum ({ours.rank_sum}); per-figure ranks: {ranks}")
+              f"sum ({ours.rank_sum}; next {other.method} {other.rank_sum}); per-figure ranks: "
+              f"{ranks}")
     # per-image scatter, split GT
     per = {}
     for name in MODELS:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise GlandsegError(f"two results share a name ({', '.join(names)}); give each a --name")
     results = {name: lb.load_metrics(p) for name, p in zip(names, paths, strict=True)}
-    rows = lb.rank_many(results, kinds=lb.ALL_KINDS if args.all else lb.DEFAULT_KINDS)
+    rows = lb.rank_many(results, kinds=lb.RANKED_KINDS if args.ranked_only else lb.ALL_KINDS)
     print(lb.format_table(rows), end="")
     if args.csv:
         lb.write_csv(args.csv, rows)
@@ -42,11 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "leaderboard",
         help="rank metrics.json against the published GlaS results",
         description=(
-            "Rank one or more metrics.json files (from 'glandseg score') against the published "
-            "GlaS results as the 2015 challenge did: per metric and test part, competition "
-            "ranks; the sum of the six ranks orders the methods. Uses the pooled metrics. "
-            "A partial result (evaluate --limit, or fewer than 60 Test A / 20 Test B images) "
-            "is listed below the ranked rows, marked ~, and not ranked."
+            "Rank one or more metrics.json files (from 'glandseg score') against the 2015 "
+            "GlaS challenge entries as the challenge did: per metric and test part, "
+            "competition ranks; the sum of the six ranks orders the methods. Uses the pooled "
+            "metrics. Only official results are ranked (the challenge entries and yours); "
+            "listed below them, unranked and marked: the study's rows scored with a "
+            "non-official metric (*), methods published after the challenge (^) and partial "
+            "results (evaluate --limit, or fewer than 60 Test A / 20 Test B images: ~)."
         ),
     )
     p.add_argument("metrics", nargs="+", metavar="METRICS.json", help="metrics file(s) to rank")
@@ -58,10 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder's name for metrics.json)",
     )
     p.add_argument(
-        "--all",
+        "--ranked-only",
         action="store_true",
-        help="include the later published methods (default: the 2015 challenge entries and "
-        "the study's rows, as in its Fig. 5)",
+        help="leave out the study's rows and the later methods (default: listed, unranked, "
+        "below the ranked rows); a partial result of yours is still listed, unranked",
     )
-    p.add_argument("--csv", metavar="OUT", help="also write the ranked table as CSV")
+    p.add_argument("--csv", metavar="OUT", help="also write the table as CSV (place and "
+                   "ranks empty on unranked rows, whose note says why)")
     p.set_defaults(func=run)

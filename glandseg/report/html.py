@@ -230,31 +230,53 @@ def _metrics_section(out: Path) -> str:
 
 
 def _leaderboard_section(out: Path) -> str:
-    from glandseg.report.leaderboard import COLUMN_NAMES, HEADERS
+    """The leaderboard tables from ``leaderboard{,_split_gt}.csv``: ranked rows first, then
+    the unranked ones (place empty) under a "not ranked" line, each method with its mark,
+    and the footnotes saying what each mark means and why those rows are not ranked."""
+    from glandseg.report.leaderboard import COLUMN_NAMES, FOOTNOTES, HEADERS, MARKERS, PARTIAL
 
     parts = []
+    kinds: set[str] = set()
+    partial_notes: list[str] = []
+    ncols = len(COLUMN_NAMES) + 3
     for suffix, title in (("", "annotations as given"),
                           ("_split_gt", "ground-truth regions split")):
         rows = _read_csv(out / f"leaderboard{suffix}.csv")
         if not rows:
             continue
         body = []
+        in_unranked = False
         for r in rows:
-            cls = {"ours": ' class="ours"', "partial": ' class="partial"'}.get(r.get("kind", ""),
-                                                                               "")
+            kind = r.get("kind", "")
+            kinds.add(kind)
+            ranked = bool(r.get("place"))
+            if not ranked and not in_unranked:
+                in_unranked = True
+                body.append(f'<tr class="partial"><td class="l" colspan="{ncols}">listed for '
+                            "reference, not ranked (see the marks below)</td></tr>")
+            if kind == PARTIAL and r.get("note"):
+                partial_notes.append(f"{MARKERS[PARTIAL]} {r.get('method', '')} ({title}): "
+                                     f"{r['note']}")
+            cls = ' class="ours"' if kind == "ours" else ("" if ranked else ' class="partial"')
             cells = "".join(_td(r.get(c)) for c in COLUMN_NAMES)
+            method = f"{r.get('method', '')}{MARKERS.get(kind, '')}"
             body.append(f"<tr{cls}>{_td(r.get('place') or '-')}"
-                        f'<td class="l">{_e(r.get("method", ""))}</td>{cells}'
+                        f'<td class="l">{_e(method)}</td>{cells}'
                         f"{_td(r.get('rank_sum') or '-')}</tr>")
         parts.append(f"<h3>{_e(title)}</h3>" + _table(
             ["place", "method", *(HEADERS[c] for c in COLUMN_NAMES), "rank sum"], body,
             left=0))
     if not parts:
         return ""
+    notes = [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", "later_method", "ours",
+                                                        PARTIAL) if k in kinds]
+    notes += partial_notes
+    foot = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     return ("<h2 id=\"leaderboard\">Leaderboard</h2><p class=\"note\">Ranked with the "
-            "published GlaS 2015 entries as the challenge did (rank per figure, rank sum); "
-            "the published rows can only be compared with the split column.</p>"
-            + "".join(parts))
+            "published GlaS 2015 challenge entries as the challenge did (rank per figure, rank "
+            "sum); only official results are ranked (the 2015 entries and this work). The "
+            "published rows can only be compared with the split table.</p>"
+            + "".join(parts) + foot)
 
 
 def _grading_section(out: Path) -> str:

@@ -15,12 +15,18 @@ Our results come from the ``metrics.json`` that ``glandseg score`` writes::
      "testB": {...}}
 
 The official challenge figures are the *pooled* ones, so those are ranked. Unknown keys
-are ignored. A *partial* result (a part marked ``"partial": true`` by ``glandseg evaluate
---limit``, or with fewer than the official 60 Test A / 20 Test B images) is not comparable
-with the published figures: it is listed below the ranked rows, marked ``~``, unranked.
+are ignored.
 
-Rows of kind ``seed_claim`` (the study's own two rows) were scored with a non-official
-metric; they are ranked, as in the study's Fig. 5, but marked and footnoted.
+Only *official* results are ranked: the 2015 challenge entries (kind ``challenge_entry``)
+and our own results. Every other row is listed below the ranked rows, unranked, marked,
+with the reason in a footnote and in the row's ``note``:
+
+- ``*`` the study's own two rows (kind ``seed_claim``): scored with a non-official metric
+  (pixel-weighted per-object F1 on binarised masks), not comparable with the table;
+- ``^`` methods published after the challenge (kind ``later_method``): not challenge
+  entries (tested after the test sets were public); shown for reference;
+- ``~`` a *partial* result of ours (a part marked ``"partial": true`` by ``glandseg
+  evaluate --limit``, or with fewer than the official 60 Test A / 20 Test B images).
 """
 
 from __future__ import annotations
@@ -61,10 +67,12 @@ HEADERS: dict[str, str] = {
     "object_hausdorff_b": "ObjHausdorff B",
 }
 
-#: The 2015 challenge entries plus the study's two rows, as in the study's Fig. 5.
-DEFAULT_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim")
-#: Every kind in the packaged table (adds the strongest later methods).
+#: Kinds of published rows ranked with our results: the 2015 challenge entries only.
+RANKED_KINDS: tuple[str, ...] = ("challenge_entry",)
+#: Every kind in the packaged table; by default all are listed (the non-official ones
+#: unranked, below the ranked rows).
 ALL_KINDS: tuple[str, ...] = ("challenge_entry", "seed_claim", "later_method")
+DEFAULT_KINDS: tuple[str, ...] = ALL_KINDS
 #: Kind given to the results ranked with :func:`rank` / :func:`rank_many`.
 OURS = "ours"
 #: Kind of our results on fewer than all official test images: listed, never ranked.
@@ -72,16 +80,24 @@ PARTIAL = "ours_partial"
 #: Images in the official GlaS test parts.
 OFFICIAL_IMAGES: dict[str, int] = {"testA": 60, "testB": 20}
 
-MARKERS: dict[str, str] = {"seed_claim": "*", OURS: "+", PARTIAL: "~"}
+MARKERS: dict[str, str] = {"seed_claim": "*", "later_method": "^", OURS: "+", PARTIAL: "~"}
+#: Why each kind is (or is not) ranked; printed as footnotes under the table.
 FOOTNOTES: dict[str, str] = {
     "seed_claim": (
-        "scored with a non-official metric (pixel-weighted per-object F1 on binarized "
-        "masks); not comparable"
+        "the study's own row, scored with a non-official metric (pixel-weighted per-object "
+        "F1 on binarised masks): not comparable, not ranked"
     ),
-    OURS: "this work: official GlaS metrics (pooled over each test part)",
+    "later_method": (
+        "published after the 2015 challenge, not a challenge entry (the test sets were "
+        "public by then): shown for reference, not ranked"
+    ),
+    OURS: "this work: official GlaS metrics (pooled over each test part), ranked with the "
+    "2015 challenge entries",
     PARTIAL: "this work on PARTIAL test parts (not every official image scored): shown for "
     "reference, not ranked",
 }
+#: Order of the unranked groups below the ranked rows.
+UNRANKED_ORDER: tuple[str, ...] = (PARTIAL, "seed_claim", "later_method")
 
 #: Values are compared at this many decimals, the precision of the published table, so
 #: that two values printed alike get the same rank. ``None`` compares full precision.
@@ -102,12 +118,13 @@ class Method:
 
 @dataclass
 class Row:
-    """One ranked row of the leaderboard.
+    """One row of the leaderboard.
 
     ``ranks`` maps each column of :data:`COLUMN_NAMES` to its competition rank,
     ``rank_sum`` is their sum and ``place`` the competition rank of the sum (1 = best).
-    A partial result (kind :data:`PARTIAL`) has no ranks, ``rank_sum`` and ``place``
-    ``None``, and ``note`` saying how many images each part had.
+    An unranked row (the study's rows, later methods, our partial results: see
+    :func:`is_ranked`) has no ranks, ``rank_sum`` and ``place`` ``None``, and ``note``
+    saying why (for a partial result: how many images each part had).
     """
 
     method: str
@@ -122,13 +139,18 @@ class Row:
 
     @property
     def marker(self) -> str:
-        """``"*"`` for the study's non-official rows, ``"+"`` for ours, ``"~"`` for our
-        partial ones, else ``""``."""
+        """:data:`MARKERS` of the row's kind: ``"*"`` the study's non-official rows, ``"^"``
+        later methods, ``"+"`` ours, ``"~"`` our partial ones, ``""`` challenge entries."""
         return MARKERS.get(self.kind, "")
 
+    @property
+    def ranked(self) -> bool:
+        """Whether the row was ranked (``place`` is set)."""
+        return self.place is not None
+
     def as_dict(self) -> dict[str, Any]:
-        """Flat dict: method, kind, year, each value and its rank, rank_sum, place, source,
-        note (``None`` ranks and place for a partial result)."""
+        """Flat dict: place, method, kind, year, each value and its rank, rank_sum, source,
+        note (``None`` ranks, rank_sum and place for an unranked row)."""
         d: dict[str, Any] = {"place": self.place, "method": self.method, "kind": self.kind}
         d["year"] = self.year
         for col in COLUMN_NAMES:
@@ -267,26 +289,45 @@ def competition_ranks(
     return [1 + sum(k2 < k for k2 in keys) for k in keys]
 
 
+def is_ranked(kind: str) -> bool:
+    """Whether rows of ``kind`` are ranked: the 2015 challenge entries
+    (:data:`RANKED_KINDS`) and our full results (:data:`OURS`)."""
+    return kind in RANKED_KINDS or kind == OURS
+
+
+def unranked_note(kind: str) -> str:
+    """Why a row of ``kind`` is not ranked (its footnote), ``""`` for a ranked kind."""
+    if is_ranked(kind):
+        return ""
+    return FOOTNOTES.get(kind, f"kind {kind!r}: not an official challenge result, not ranked")
+
+
 def rank_many(
     results: Mapping[str, Mapping[str, Any]],
     table: Iterable[Method] | None = None,
     kinds: Iterable[str] | None = DEFAULT_KINDS,
     decimals: int | None = DEFAULT_DECIMALS,
 ) -> list[Row]:
-    """Rank several of our results (``name → metrics.json dict``) with the published rows.
+    """Rank several of our results (``name → metrics.json dict``) with the 2015 entries.
 
     ``table``: published methods (default: the packaged table); ``kinds``: which kinds of
-    published rows to include (default :data:`DEFAULT_KINDS`, ``None`` = all). Our rows get
-    kind ``"ours"``; partial results (:func:`partial_note`) get kind :data:`PARTIAL`, no
-    ranks, and come after the ranked rows. Returns the ranked rows sorted by place (then by
-    the table's order), then the partial ones.
+    published rows to list (default :data:`DEFAULT_KINDS`, every kind; ``None`` = all).
+    Only the challenge entries and our full results are ranked (together: several results
+    of ours rank against each other too); our rows get kind :data:`OURS`, partial results
+    (:func:`partial_note`) kind :data:`PARTIAL`. Returns the ranked rows sorted by place
+    (then by the table's order), then the unranked ones in the order of
+    :data:`UNRANKED_ORDER` (then the table's), each with ``note`` saying why.
     """
     published = load_published() if table is None else list(table)
     if kinds is not None:
         kinds = set(kinds)
         published = [m for m in published if m.kind in kinds]
-    entries = list(published)
-    partial: list[Row] = []
+    entries = [m for m in published if is_ranked(m.kind)]
+    unranked = [
+        Row(method=m.method, kind=m.kind, values=dict(m.values), rank_sum=None, place=None,
+            year=m.year, source=m.source, note=unranked_note(m.kind))
+        for m in published if not is_ranked(m.kind)
+    ]
     taken = {m.method for m in published}
     for name, metrics in results.items():
         if name in taken:
@@ -297,8 +338,8 @@ def rank_many(
         note = partial_note(metrics)
         if note:
             log.warning("%s: partial result (%s); listed, not ranked", name, note)
-            partial.append(Row(method=name, kind=PARTIAL, values=metrics_values(metrics),
-                               rank_sum=None, place=None, note=note))
+            unranked.append(Row(method=name, kind=PARTIAL, values=metrics_values(metrics),
+                                rank_sum=None, place=None, note=note))
             continue
         entries.append(Method(method=name, kind=OURS, values=metrics_values(metrics)))
 
@@ -316,7 +357,12 @@ def rank_many(
     for r, p in zip(rows, places, strict=True):
         r.place = p
     order = sorted(range(len(rows)), key=lambda i: (rows[i].place, i))
-    return [rows[i] for i in order] + partial
+
+    def group(r: Row) -> int:
+        return UNRANKED_ORDER.index(r.kind) if r.kind in UNRANKED_ORDER else len(UNRANKED_ORDER)
+
+    # sorted() is stable: within a group, the table's order (then ours, in the given order)
+    return [rows[i] for i in order] + sorted(unranked, key=group)
 
 
 def rank(
@@ -337,25 +383,25 @@ def _fmt_value(v: float) -> str:
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table like the study's Fig. 5: method, the six values each with its
-    rank in parentheses, the rank sum and the place; footnotes for marked rows. Partial
-    results follow the ranked rows below a rule, with ``-`` for every rank."""
+    """A plain-text table like the study's Fig. 5: place, method, the six values each with
+    its rank in parentheses, and the rank sum. Unranked rows (:attr:`Row.ranked` false)
+    follow the ranked ones below a rule, with ``-`` for every rank; footnotes explain each
+    mark (why a row is not ranked) and name each partial result's images."""
     header = ["Place", "Method", *(HEADERS[c] for c in COLUMN_NAMES), "Rank sum"]
-    body = []
-    ranked = [r for r in rows if r.kind != PARTIAL]
-    unranked = [r for r in rows if r.kind == PARTIAL]
-    for r in ranked:
-        body.append(
-            [
-                str(r.place),
-                f"{r.method}{r.marker}",
-                *(f"{_fmt_value(r.values[c])} ({r.ranks[c]})" for c in COLUMN_NAMES),
-                str(r.rank_sum),
-            ]
-        )
-    for r in unranked:
-        body.append(["-", f"{r.method}{r.marker}",
-                     *(f"{_fmt_value(r.values[c])} (-)" for c in COLUMN_NAMES), "-"])
+    ranked = [r for r in rows if r.ranked]
+    unranked = [r for r in rows if not r.ranked]
+    body = [
+        [
+            str(r.place),
+            f"{r.method}{r.marker}",
+            *(f"{_fmt_value(r.values[c])} ({r.ranks[c]})" for c in COLUMN_NAMES),
+            str(r.rank_sum),
+        ]
+        for r in ranked
+    ]
+    body += [["-", f"{r.method}{r.marker}",
+              *(f"{_fmt_value(r.values[c])} (-)" for c in COLUMN_NAMES), "-"]
+             for r in unranked]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     left = {1}  # the method column is left-aligned, numbers right-aligned
 
@@ -370,15 +416,26 @@ def format_table(rows: Sequence[Row]) -> str:
     out += [line(b) for b in body[: len(ranked)]]
     if unranked:
         out += [rule, *(line(b) for b in body[len(ranked):])]
+    return "\n".join(out + [""] + footnotes(rows)) + "\n"
+
+
+def footnotes(rows: Sequence[Row]) -> list[str]:
+    """The notes printed under a table of ``rows``: what is ranked, one line per mark
+    present (why a row is or is not ranked), each partial result's images, the metrics."""
     kinds_present = {r.kind for r in rows}
-    notes = [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", OURS, PARTIAL)
-             if k in kinds_present]
-    notes += [f"~ {r.method}: {r.note}" for r in unranked]
+    notes = ["Ranked: the 2015 GlaS challenge entries and this work only"
+             + ("; rows below the rule are listed for reference, unranked."
+                if any(not r.ranked for r in rows) else ".")]
+    notes += [f"{MARKERS[k]} {FOOTNOTES[k]}" for k in ("seed_claim", "later_method", OURS,
+                                                        PARTIAL) if k in kinds_present]
+    notes += [f"{MARKERS[PARTIAL]} {r.method}: {r.note}" for r in rows if r.kind == PARTIAL]
+    notes += [f"{r.method}: {r.note}" for r in rows
+              if not r.ranked and r.kind not in MARKERS and r.note]
     notes.append(
         "Object Hausdorff in pixels, lower is better; per metric and part, competition "
         "ranking (ties share the best rank); the rank sum orders the methods."
     )
-    return "\n".join(out + [""] + notes) + "\n"
+    return notes
 
 
 def rows_to_csv(rows: Sequence[Row]) -> str:
