@@ -63,6 +63,17 @@ def float_in(lo: float, hi: float, zero_ok: bool = False, what: str = "a number"
     return parse
 
 
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--threads`` (predict, evaluate, grade, demo)."""
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="who runs the network: onnx (ONNX Runtime, CPU), torch, or auto "
+                        "(default): torch on a CUDA/MPS device, onnx on the CPU where ONNX "
+                        "Runtime is installed, else torch. Both give the same glands; Mask "
+                        "R-CNN runs on torch")
+    p.add_argument("--threads", type=int_in(1, 1024), default=None,
+                   help="CPU threads of the network (default: all cores)")
+
+
 def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
     # On a verb, SUPPRESS keeps the value given before the verb unless repeated after it.
     default = False if top else argparse.SUPPRESS

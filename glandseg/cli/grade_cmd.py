@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from glandseg.cli import add_backend_args
+
 log = logging.getLogger(__name__)
 
 GRADES_NAME = "grades.csv"
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "bundled grader: glas-unet's encoder features, pooled; a grader fit on "
                     "gland morphometrics also segments the glands) and writes "
                     "--out/grades.csv: "
-                    "image, grade (benign or malignant), probability (of malignant). Trained "
+                    "image, grade (benign or malignant), grade_probability (P(malignant)); "
+                    "image names a spreadsheet would read as formulas get a leading '. Trained "
                     "on GlaS (colon, 20x, 0.62 µm/px); other tissue or magnifications are "
                     "outside what it has seen. Never overwrites an input or a file glandseg "
                     "did not write; an earlier grades.csv of glandseg needs --overwrite.",
@@ -38,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace a grades.csv that glandseg wrote earlier into --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto (default): CUDA, else MPS, else CPU")
+    add_backend_args(p)
     add_grader_args(p, switch=False)
     p.set_defaults(func=run)
 
@@ -56,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         STATE_DIR,
         _csv_problem,
         _prepare_out,
+        check_writable,
         collect_inputs,
+        failure_line,
         folder_lock,
         write_joined,
     )
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = collect_inputs(args.inputs)
     out = _prepare_out(args.out)
+    check_writable(out)  # before loading the grader
     target = out / GRADES_NAME
     inputs = {Path(os.path.abspath(p)) for p in paths} | {p.resolve() for p in paths}
     if target in inputs or (target.exists() and target.resolve() in inputs):
@@ -76,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not args.overwrite:
         raise GlandsegError(f"{target} exists (written by glandseg earlier): pass --overwrite "
                             "to replace it or choose another --out")
-    grader = ImageGrader.load(args.grader, device=args.device)
+    grader = ImageGrader.load(args.grader, device=args.device, backend=args.backend,
+                              threads=args.threads)
     rows, failed = [], []
     for path in tqdm(paths, desc="grade", unit="img",
                      disable=True if getattr(args, "quiet", False) else None):
@@ -94,12 +102,16 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GlandsegError(f"{out}: cannot create the output folder ({exc})") from exc
-    (out / STATE_DIR).mkdir(exist_ok=True)
-    with folder_lock(out):
-        write_joined(out, GRADES_NAME, grades_csv(rows))
+    try:
+        (out / STATE_DIR).mkdir(exist_ok=True)
+        with folder_lock(out):
+            write_joined(out, GRADES_NAME, grades_csv(rows))
+    except OSError as exc:  # a full disk: the earlier grades.csv (if any) stays whole
+        raise GlandsegError(f"{out}: cannot write {GRADES_NAME} ({exc.strerror or exc}); "
+                            "free space (or fix the folder) and run again") from exc
     n_mal = sum(r[1] == "malignant" for r in rows)
     print(f"graded {len(rows)} image(s): {len(rows) - n_mal} benign, {n_mal} malignant → "
           f"{target}")
     for path, why in failed:
-        print(f"failed: {path}: {why}")
+        print(failure_line(path, why))
     return 1 if failed else 0

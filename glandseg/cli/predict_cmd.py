@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from glandseg.cli import float_in, int_in
+from glandseg.cli import add_backend_args, float_in, int_in
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
                         f"file (default: {default})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto (default): CUDA, else MPS, else CPU")
+    add_backend_args(p)
     p.add_argument("--tta", action="store_true", help="average over flips (slower, smoother)")
     p.add_argument("--tile", type=int_in(*TILE_RANGE), default=None,
                    help=f"tile side in px at the model's scale, {TILE_RANGE[0]}-{TILE_RANGE[1]} "
@@ -58,6 +59,8 @@ def make_predictor(args: argparse.Namespace):
 
     # a --device this machine lacks is a one-line error from the predictor's pick_device
     pred = Predictor.from_name(args.model, device=args.device, tta=args.tta,
+                               backend=getattr(args, "backend", "auto"),
+                               threads=getattr(args, "threads", None),
                                input_mpp=getattr(args, "input_mpp", None),
                                stain_norm=getattr(args, "stain_norm", None),
                                deblur=getattr(args, "deblur", None))
@@ -103,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run the windows of whole slides on a local Dask cluster of N "
                             "worker processes (results identical to a serial run)")
     add_model_args(p)
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="accept an architecture name as --model (unet, unet-lite0, ...: "
+                        "random or ImageNet weights, meaningless glands; for testing only)")
     from glandseg.cli.grade_cmd import add_grader_args
 
     add_grader_args(p)
@@ -124,10 +130,32 @@ def _resolve_mpp_alias(args: argparse.Namespace) -> None:
     args.input_mpp = old
 
 
+def refuse_untrained(spec: str, allow: bool = False) -> None:
+    """Refuse (:class:`GlandsegError`) a ``--model`` that names a bare architecture (no
+    trained weights: its "glands" are meaningless) unless ``allow``, suggesting the closest
+    bundled model. Run folders and files pass; other names are checked by the loader."""
+    import difflib
+    from pathlib import Path
+
+    from glandseg import GlandsegError
+    from glandseg.models import registry
+
+    if allow or Path(spec).exists() or spec not in registry.architectures():
+        return
+    near = difflib.get_close_matches(spec, registry.BUNDLED, n=1, cutoff=0)
+    hint = f"did you mean {near[0]}? " if near else ""
+    raise GlandsegError(f"--model {spec} is an architecture without trained weights (its "
+                        f"glands would be meaningless); {hint}Give a bundled model "
+                        f"({', '.join(registry.BUNDLED)}), a run folder from `glandseg "
+                        "train` or a .safetensors file, or pass --allow-untrained to "
+                        "predict with it anyway")
+
+
 def run(args: argparse.Namespace) -> int:
-    from glandseg.report.batch import collect_inputs, plan_outputs, predict_files
+    from glandseg.report.batch import collect_inputs, failure_line, plan_outputs, predict_files
 
     _resolve_mpp_alias(args)
+    refuse_untrained(args.model, getattr(args, "allow_untrained", False))
     mode = "overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse"
     paths = collect_inputs(args.inputs)
     plan_outputs(paths, args.out, mode)  # refuse before loading the model
@@ -148,5 +176,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "
           f"(glands.csv: {rep.n_rows} row(s))")
     for path, why in rep.failed:
-        print(f"failed: {path}: {why}")
+        print(failure_line(path, why))
     return 1 if rep.failed else 0

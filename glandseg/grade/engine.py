@@ -19,7 +19,7 @@ import numpy as np
 
 from glandseg import GlandsegError
 from glandseg.grade.classifier import Grader, load_grader
-from glandseg.grade.features import encoder_features, model_fingerprint, morphometric_features
+from glandseg.grade.features import encoder_features, morphometric_features
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class ImageGrader:
     def __init__(self, grader: Grader, predictor) -> None:
         self.grader = grader
         self.predictor = predictor
-        self._fingerprint = model_fingerprint(predictor.model)
-        self._shared: list[tuple[object, bool]] = [(predictor.model, True)]
+        self._fingerprint = predictor.fingerprint
+        self._shared: list[tuple[object, bool]] = [(predictor.backend, True)]
         if self._fingerprint != grader.segmentation.fingerprint:
             raise GlandsegError(
                 f"{grader.source or 'grader'}: fit on segmentation weights "
@@ -64,30 +64,35 @@ class ImageGrader:
 
     @classmethod
     def load(cls, grader: str | Path | Grader | None = None, predictor=None,
-             device: str = "auto") -> ImageGrader:
+             device: str = "auto", backend: str = "auto",
+             threads: int | None = None) -> ImageGrader:
         """The grader (a path, a :class:`Grader` or ``None`` = bundled) with ``predictor``
-        if it has the grader's segmentation weights, else with the grader's own model."""
+        if it has the grader's segmentation weights, else with the grader's own model (on
+        ``backend``, ``threads``: :meth:`Predictor.from_name`; the predictor's backend when
+        one is given)."""
         g = grader if isinstance(grader, Grader) else load_grader(grader)
-        if predictor is not None and model_fingerprint(predictor.model) == g.segmentation.fingerprint:
+        if predictor is not None and predictor.fingerprint == g.segmentation.fingerprint:
             return cls(g, predictor)
         from glandseg.infer.predictor import Predictor
 
         log.info("grading with %s (the segmentation model the grader was fit on)",
                  g.segmentation.model)
         dev = getattr(predictor, "device", device) if predictor is not None else device
-        return cls(g, Predictor.from_name(g.segmentation.model, device=dev))
+        kind = predictor.backend.name if predictor is not None else backend
+        return cls(g, Predictor.from_name(g.segmentation.model, device=str(dev), backend=kind,
+                                          threads=threads))
 
     def shares(self, predictor) -> bool:
         """Whether labels of ``predictor`` are the ones this grader needs (same weights;
         remembered per network object)."""
         if predictor is None:
             return False
-        model = predictor.model
+        backend = predictor.backend
         for m, same in self._shared:
-            if m is model:
+            if m is backend:
                 return same
-        same = model_fingerprint(model) == self._fingerprint
-        self._shared.append((model, same))
+        same = predictor.fingerprint == self._fingerprint
+        self._shared.append((backend, same))
         return same
 
     def features(self, image: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:

@@ -18,13 +18,18 @@ classifier then uses the training mean.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 from skimage import measure as skmeasure
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
+
+from glandseg.infer.predictor import pad_to_stride
+from glandseg.models.fingerprint import model_fingerprint
+
+__all__ = ["MORPHOMETRIC_NAMES", "encoder_feature_names", "encoder_features", "has_encoder",
+           "model_fingerprint", "morphometric_features", "stain_masks"]
 
 #: Names of :func:`morphometric_features`, in order.
 MORPHOMETRIC_NAMES: tuple[str, ...] = (
@@ -165,24 +170,14 @@ def encoder_feature_names(channels: list[int] | tuple[int, ...]) -> list[str]:
     return [f"enc{s}_{c}" for s, n in enumerate(channels) for c in range(n)]
 
 
-def model_fingerprint(model) -> str:
-    """SHA-256 (hex) of a network's weights as loaded: every ``state_dict`` tensor, keys
-    sorted, as float32 (integers as int64) bytes. Identifies the exact segmentation
-    weights a grader was fit with."""
-    import torch
-
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu()
-        t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def has_encoder(model) -> bool:
-    """Whether ``model`` exposes a feature-pyramid ``encoder`` (:class:`EncoderUNet`)."""
+    """Whether ``model`` (a torch network, a backend of :mod:`glandseg.infer.backend` or a
+    :class:`~glandseg.infer.predictor.Predictor`) exposes a feature-pyramid encoder."""
+    backend = getattr(model, "backend", None)
+    if backend is not None:
+        return bool(backend.has_encoder)
+    if hasattr(model, "encoder_means"):
+        return bool(model.has_encoder)
     enc = getattr(model, "encoder", None)
     return enc is not None and hasattr(enc, "feature_info")
 
@@ -197,36 +192,21 @@ def encoder_features(predictor, image: np.ndarray, max_side: int = 2048) -> dict
     scale is pooled over ``max_side`` tiles (tile means averaged by pixel count).
     Returns ``{enc{stage}_{channel}: mean activation}`` (:func:`encoder_feature_names`).
     """
-    import torch
-    import torch.nn.functional as F
-
-    model = predictor.model
-    if not has_encoder(model):
+    backend = predictor.backend
+    if not backend.has_encoder:
         raise ValueError("this model has no feature-pyramid encoder to pool")
-    enc = model.encoder
-    channels = list(enc.feature_info.channels())
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-    if predictor.scale != 1.0:
-        hh, ww = x.shape[-2:]
-        size = (max(1, round(hh * predictor.scale)), max(1, round(ww * predictor.scale)))
-        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True,
-                          align_corners=False)[0]
-    x = (x - predictor.mean) / predictor.std
+    x = predictor.normalise(image)
     hh, ww = x.shape[-2:]
-    sums = [torch.zeros(c, dtype=torch.float64) for c in channels]
+    sums: list[np.ndarray] | None = None
     total = 0.0
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for y0 in range(0, hh, max_side):
-            for x0 in range(0, ww, max_side):
-                tile = x[:, y0:y0 + max_side, x0:x0 + max_side]
-                th, tw = tile.shape[-2:]
-                ph, pw = (-th) % 32, (-tw) % 32
-                mode = "reflect" if min(th, tw) > max(ph, pw) else "replicate"
-                t = F.pad(tile[None], (0, pw, 0, ph), mode=mode).to(device)
-                feats = enc(t)
-                for i, fm in enumerate(feats):
-                    sums[i] += fm.float().mean(dim=(0, 2, 3)).double().cpu() * (th * tw)
-                total += th * tw
-    vec = torch.cat([s / total for s in sums]).numpy()
+    for y0 in range(0, hh, max_side):
+        for x0 in range(0, ww, max_side):
+            tile = x[None, :, y0:y0 + max_side, x0:x0 + max_side]
+            th, tw = tile.shape[-2:]
+            means = backend.encoder_means(pad_to_stride(tile, 32, "edge"))
+            part = [m[0].astype(np.float64) * (th * tw) for m in means]
+            sums = part if sums is None else [s_ + p for s_, p in zip(sums, part, strict=True)]
+            total += th * tw
+    channels = [len(s_) for s_ in sums]
+    vec = np.concatenate([s_ / total for s_ in sums])
     return dict(zip(encoder_feature_names(channels), (float(v) for v in vec), strict=True))

@@ -44,7 +44,6 @@ from glandseg.grade.features import (
     FEATURES_VERSION,
     MORPHOMETRIC_NAMES,
     has_encoder,
-    model_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -60,10 +59,10 @@ def collect_features(samples: Sequence[Sample], predictor, cache: str | Path | N
     reused."""
     from tqdm import tqdm
 
-    enc = has_encoder(predictor.model)
+    enc = has_encoder(predictor)
     folder = None
     if cache is not None:
-        folder = Path(cache) / model_fingerprint(predictor.model)[:16]
+        folder = Path(cache) / predictor.fingerprint[:16]
     rows = []
     for s in tqdm(samples, desc="features", unit="img", disable=None if progress else True):
         fpath = (folder / f"features-v{FEATURES_VERSION}" / f"{s.name}.json") if folder else None
@@ -235,7 +234,7 @@ def fit_grader(data: str | Path, model: str = "glas-unet", cache: str | Path | N
         raise GlandsegError(f"{data}: the training images need benign and malignant grades "
                             "(Grade.csv) to fit a grader")
     pred = Predictor.from_name(model, device=device)
-    fp = model_fingerprint(pred.model)
+    fp = pred.fingerprint
     rows = collect_features(samples, pred, cache, progress)
     table, best = select(rows, samples, feature_sets, c_grid)
     names = feature_names(rows, best["feature_set"])

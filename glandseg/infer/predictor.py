@@ -24,15 +24,17 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from glandseg import GlandsegError
+from glandseg.data.resample import interpolate, resample, resize_image
+from glandseg.infer.backend import OnnxBackend, TorchBackend, open_backend, pick_device
 from glandseg.infer.postprocess import probs_to_labels
 from glandseg.models.config import ModelConfig, Tiling
 
 log = logging.getLogger(__name__)
+
+__all__ = ["MPP_TOLERANCE", "Predictor", "TileConfig", "check_mpp", "model_size", "pad_to_stride", "pick_device",
+           "resample", "resize_image", "resize_labels"]
 
 #: Tiling settings (pixels at the model's working scale), checked on construction.
 TileConfig = Tiling
@@ -59,27 +61,6 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return labels[ri[:, None], ci[None, :]]
 
 
-def resample(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Bring a float image ``(C, H, W)`` to another resolution ``shape = (h, w)``: area
-    averaging when shrinking (what a scanner's sensor does: a 0.31 µm/px scan averaged 2 x 2
-    is a 0.62 µm/px one), bicubic when enlarging (values may overshoot: clamp them)."""
-    shape = (int(shape[0]), int(shape[1]))
-    if tuple(x.shape[-2:]) == shape:
-        return x
-    if shape[0] * shape[1] <= x.shape[-2] * x.shape[-1]:
-        return F.interpolate(x[None], size=shape, mode="area")[0]
-    return F.interpolate(x[None], size=shape, mode="bicubic", align_corners=False)[0]
-
-
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``uint8 (H, W, 3)`` → ``uint8 (*shape, 3)`` (:func:`resample`)."""
-    if tuple(image.shape[:2]) == tuple(shape):
-        return image
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    x = resample(x, shape)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def check_mpp(mpp: object, what: str = "mpp") -> float:
     """A resolution in µm per pixel: a finite number > 0 (else :class:`GlandsegError`)."""
     ok = isinstance(mpp, int | float) and not isinstance(mpp, bool)
@@ -89,47 +70,15 @@ def check_mpp(mpp: object, what: str = "mpp") -> float:
     return float(mpp)
 
 
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA if available, else MPS, else CPU. Asking for ``cuda`` or ``mps`` on a
-    machine without it is a one-line :class:`GlandsegError`."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise GlandsegError(f"device {device!r}: not a device name; use auto, cpu, cuda "
-                            "or mps") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GlandsegError(f"device {device!r}: CUDA is not available on this machine "
-                            f"(torch {torch.__version__}); use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise GlandsegError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
-                            "device(s) here; use --device cuda or auto")
-    if dev.type == "mps" and not _mps_available():
-        raise GlandsegError(f"device {device!r}: MPS is not available on this machine; use "
-                            "--device cpu or auto")
-    return dev
-
-
-def _window(h: int, w: int, overlap: int) -> torch.Tensor:
-    """Blending weights ``(h, w)``: 1 in the middle, a cosine ramp over ``overlap`` px."""
-    def ramp(n: int) -> torch.Tensor:
-        r = torch.ones(n)
+def _window(h: int, w: int, overlap: int) -> np.ndarray:
+    """Blending weights ``float32 (h, w)``: 1 in the middle, a cosine ramp over ``overlap`` px."""
+    def ramp(n: int) -> np.ndarray:
+        r = np.ones(n, np.float32)
         k = min(overlap, n // 2)
         if k > 0:
-            t = (torch.arange(k, dtype=torch.float32) + 0.5) / k
-            r[:k] = 0.5 - 0.5 * torch.cos(torch.pi * t)
-            r[n - k:] = r[:k].flip(0)
+            t = (np.arange(k, dtype=np.float32) + np.float32(0.5)) / np.float32(k)
+            r[:k] = np.float32(0.5) - np.float32(0.5) * np.cos(np.float32(np.pi) * t)
+            r[n - k:] = r[:k][::-1]
         return r
     return ramp(h)[:, None] * ramp(w)[None, :]
 
@@ -141,11 +90,28 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
     return sorted(set(s))
 
 
+def _softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def pad_to_stride(x: np.ndarray, stride: int, fallback: str) -> np.ndarray:
+    """Pad ``(B, C, h, w)`` at the bottom/right to multiples of ``stride``: reflect where the
+    image is large enough, else ``fallback`` (``constant`` zeros or ``edge``)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if not (ph or pw):
+        return x
+    mode = "reflect" if min(h, w) > max(ph, pw) else fallback
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+
+
 class Predictor:
     """Segment images with a dense model (``task`` ``contour`` or ``binary``) or an instance
     model (``task`` ``instances``, Mask R-CNN).
 
-    Parameters: ``model`` (eval mode), ``config`` (a :class:`ModelConfig`, or a config dict:
+    Parameters: ``model`` (a torch network in eval mode, or a backend of
+    :mod:`glandseg.infer.backend`: :class:`~glandseg.infer.backend.OnnxBackend`), ``config`` (a :class:`ModelConfig`, or a config dict:
     checked, and the ``model`` key may then be missing or name a network built elsewhere),
     ``device``, ``tta`` (average over horizontal/vertical flips), ``tiling``
     (:class:`TileConfig`, default: the config's), ``input_mpp`` (µm/px of the images given
@@ -154,30 +120,34 @@ class Predictor:
     ``"auto"``, the CLI's default: sharpen images measurably blurrier than the GlaS training
     images, :mod:`glandseg.data.blur`).
 
-    Attributes: ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
+    Attributes: ``backend`` (``.name`` ``"onnx"`` or ``"torch"``), ``model`` (the torch network;
+    ``None`` on the ONNX backend), ``fingerprint`` (of the weights), ``model_config`` (the checked :class:`ModelConfig`), ``config`` (its dict),
     ``task``, ``scale``, ``mpp`` (the model's µm/px), ``mean``/``std``
     (``float32 (3, 1, 1)``), ``tiling``, ``stride``, ``input_mpp``, ``stain_norm``, ``deblur``, ``last_extra_blur``
     (px beyond the reference measured on the last image, when ``deblur`` is on) and
     ``last_sharpened`` (whether that image was sharpened).
     """
 
-    def __init__(self, model: nn.Module, config: ModelConfig | dict,
-                 device: str | torch.device = "cpu", tta: bool = False,
+    def __init__(self, model, config: ModelConfig | dict, device="cpu", tta: bool = False,
                  tiling: TileConfig | None = None, input_mpp: float | None = None,
                  stain_norm: str | None = None, deblur: str | None = None) -> None:
-        self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        if isinstance(model, OnnxBackend | TorchBackend):
+            self.backend = model
+        else:
+            self.backend = TorchBackend(model, device)
+        self.device = self.backend.device
+        self.model = self.backend.model
         mc = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(
             config, require_model=False)
         self.model_config = mc
         self.config = mc.to_dict()
         self.task = mc.task
         self.scale = mc.preprocess.scale
-        self.mean = torch.tensor(mc.preprocess.mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(mc.preprocess.std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = np.asarray(mc.preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(mc.preprocess.std, dtype=np.float32).reshape(3, 1, 1)
         self.tta = tta
         self.tiling = tiling or mc.tiling
-        self.stride = int(getattr(model, "stride", 32))
+        self.stride = self.backend.stride
         self.mpp = mc.mpp
         self.input_mpp = None if input_mpp is None else check_mpp(input_mpp, "input_mpp")
         self._normalizer = None
@@ -260,37 +230,53 @@ class Predictor:
         """Stain-normalise ``uint8 (H, W, 3)`` if asked (else the image itself)."""
         return image if self._normalizer is None else self._normalizer(image)
 
-    @classmethod
-    def from_name(cls, spec: str, device: str | torch.device = "auto", **kw) -> Predictor:
-        """Load a bundled model, architecture name, run folder or ``.safetensors`` file."""
-        from glandseg.models.store import load
+    @property
+    def fingerprint(self) -> str:
+        """:mod:`glandseg.models.fingerprint` of the network's weights."""
+        return self.backend.fingerprint
 
-        dev = pick_device(device)
-        model, cfg = load(spec, dev)
-        return cls(model, cfg, dev, **kw)
+    @classmethod
+    def from_name(cls, spec: str, device="auto", backend: str = "auto",
+                  threads: int | None = None, **kw) -> Predictor:
+        """Load a bundled model, architecture name, run folder or ``.safetensors`` file.
+
+        ``backend``: ``auto`` (torch on a CUDA/MPS device, ONNX Runtime on the CPU where
+        installed, else torch), ``onnx`` or ``torch`` (:mod:`glandseg.infer.backend`);
+        ``threads``: CPU threads of the network (default: all cores)."""
+        be, cfg = open_backend(spec, backend=backend, device=device, threads=threads)
+        return cls(be, cfg, **kw)
 
     # -- dense models ---------------------------------------------------------------
-    def _to_tensor(self, image: np.ndarray, zoom: float = 1.0) -> torch.Tensor:
+    def _to_tensor(self, image: np.ndarray, zoom: float = 1.0) -> np.ndarray:
         """``uint8 (H, W, 3)`` → normalised ``float32 (3, h, w)`` at the working scale:
         first brought to the model's resolution (``zoom``, :func:`resample`), then resized
         by the working scale (bilinear, antialiased, as in training)."""
         scale = self.scale
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        x = np.ascontiguousarray(image).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
         if zoom != 1.0:
-            x = resample(x, model_size(image.shape[:2], zoom)).clamp(0, 1)
+            x = np.clip(resample(x, model_size(image.shape[:2], zoom)), 0, 1)
         if self._deblurrer is not None:
             x = self._deblur(x)
         if scale != 1.0:
             h, w = x.shape[-2:]
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True,
-                              align_corners=False)[0]
+            x = interpolate(x, size, "bilinear-aa")
         return (x - self.mean) / self.std
 
-    def _deblur(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """``uint8 (H, W, 3)`` → ``float32 (3, h, w)``: the model's pre-processing (working
+        scale, mean, std) without resampling, deblur or stain normalisation."""
+        x = np.ascontiguousarray(image).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        if self.scale != 1.0:
+            h, w = x.shape[-2:]
+            size = (max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+            x = interpolate(x, size, "bilinear-aa")
+        return (x - self.mean) / self.std
+
+    def _deblur(self, x: np.ndarray) -> np.ndarray:
         """Sharpen ``float32 (3, h, w)`` in [0, 1] at the model's resolution if it is
         blurrier than the reference (:class:`glandseg.data.blur.Deblur`)."""
-        hwc = x.permute(1, 2, 0).numpy()
+        hwc = np.ascontiguousarray(x.transpose(1, 2, 0))
         out, extra = self._deblurrer(hwc)
         self.last_extra_blur, self.last_sharpened = extra, out is not hwc
         if out is hwc:
@@ -298,24 +284,27 @@ class Predictor:
             return x
         log.info("deblur: image blurrier than the model's training images by %.2f px "
                  "(Gaussian sigma): sharpened", extra)
-        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(out, dtype=np.float32).transpose(2, 0, 1))
 
-    @torch.no_grad()
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(B, C, h, w)`` for a normalised batch; pads to the model stride."""
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``float32 (B, C, h, w)`` for a normalised batch ``(B, 3, h, w)``;
+        pads to the model stride (reflect, or zeros for a tiny image)."""
         h, w = batch.shape[-2:]
-        ph, pw = (-h) % self.stride, (-w) % self.stride
-        x = F.pad(batch, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
-        x = x.to(self.device)
+        x = pad_to_stride(np.asarray(batch, dtype=np.float32), self.stride, "constant")
         flips = [(), (3,), (2,), (2, 3)] if self.tta else [()]
         acc = None
         for dims in flips:
-            xi = x.flip(dims) if dims else x
-            logits = self.model(xi)
-            logits = logits.flip(dims) if dims else logits
-            p = torch.sigmoid(logits) if self.task == "binary" else torch.softmax(logits, dim=1)
+            xi = np.ascontiguousarray(np.flip(x, dims)) if dims else x
+            logits = self.backend.run(xi)
+            logits = np.flip(logits, dims) if dims else logits
+            if self.task == "binary":
+                p = 1.0 / (1.0 + np.exp(-logits))
+            else:
+                p = _softmax(logits, axis=1)
             acc = p if acc is None else acc + p
-        return (acc / len(flips))[..., :h, :w].float().cpu()
+        if len(flips) > 1:
+            acc = acc / np.float32(len(flips))
+        return np.ascontiguousarray(acc[..., :h, :w], dtype=np.float32)
 
     def predict_proba(self, image: np.ndarray, mpp: float | None = None) -> np.ndarray:
         """``uint8 (H, W, 3)`` → ``float32 (C, H, W)`` probabilities at the input resolution.
@@ -323,9 +312,9 @@ class Predictor:
         if self.task == "instances":
             raise ValueError("an instance model gives labels, not probability maps: use predict()")
         H, W = image.shape[:2]
-        return self._dense(self._prepare(image), self.zoom(mpp), (H, W)).numpy()
+        return self._dense(self._prepare(image), self.zoom(mpp), (H, W))
 
-    def _dense(self, image: np.ndarray, zoom: float, out: tuple[int, int]) -> torch.Tensor:
+    def _dense(self, image: np.ndarray, zoom: float, out: tuple[int, int]) -> np.ndarray:
         """Probabilities ``float32 (C, *out)`` of ``image`` (already stain-normalised) seen
         at ``zoom`` x its resolution (the model's), resampled to ``out`` (bilinear)."""
         x = self._to_tensor(image, zoom)
@@ -339,21 +328,20 @@ class Predictor:
             coords = [(y, xx) for y in _starts(h, th, step) for xx in _starts(w, tw, step)]
             win = _window(th, tw, t.overlap)
             probs = None
-            norm = torch.zeros(h, w)
+            norm = np.zeros((h, w), np.float32)
             for i in range(0, len(coords), t.batch_size):
                 chunk = coords[i:i + t.batch_size]
-                batch = torch.stack([x[:, y:y + th, xx:xx + tw] for y, xx in chunk])
+                batch = np.stack([x[:, y:y + th, xx:xx + tw] for y, xx in chunk])
                 out_b = self._forward(batch)
                 if probs is None:
-                    probs = torch.zeros(out_b.shape[1], h, w)
+                    probs = np.zeros((out_b.shape[1], h, w), np.float32)
                 for (y, xx), p in zip(chunk, out_b, strict=True):
                     probs[:, y:y + th, xx:xx + tw] += p * win
                     norm[y:y + th, xx:xx + tw] += win
-            probs /= norm.clamp(min=1e-6)
+            probs /= np.maximum(norm, np.float32(1e-6))
         if (h, w) != tuple(out):
-            probs = F.interpolate(probs[None], size=tuple(out), mode="bilinear",
-                                  align_corners=False)[0]
-        return probs.float()
+            probs = interpolate(probs, tuple(out), "bilinear")
+        return probs
 
     # -- all models -----------------------------------------------------------------
     def postprocess(self, probs: np.ndarray, params: Mapping | None = None) -> np.ndarray:
@@ -388,12 +376,11 @@ class Predictor:
             labels = predict_instances(self, resize_image(image, size))
             return resize_labels(labels, (H, W)), None
         probs = self._dense(image, zoom, size)
-        labels = resize_labels(self.postprocess(probs.numpy()), (H, W))
+        labels = resize_labels(self.postprocess(probs), (H, W))
         if not proba:
             return labels, None
         if size != (H, W):
-            probs = F.interpolate(probs[None], size=(H, W), mode="bilinear",
-                                  align_corners=False)[0]
-        return labels, probs.numpy()
+            probs = interpolate(probs, (H, W), "bilinear")
+        return labels, probs
 
     __call__ = predict

@@ -167,12 +167,11 @@ def tissue_mask(thumb: np.ndarray, dilate: int = 2) -> np.ndarray:
     return mask
 
 
-def _fingerprint(predictor) -> str:
-    """SHA-256 of the model's config and weights (identifies the model in the cache key)."""
+def model_id(predictor) -> str:
+    """SHA-256 of the model's config and weights fingerprint (:mod:`glandseg.models.fingerprint`):
+    identifies the model in the window cache and in ``settings.json``."""
     h = hashlib.sha256(json.dumps(predictor.config, sort_keys=True, default=str).encode())
-    for k, v in sorted(predictor.model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(predictor.fingerprint.encode())
     return h.hexdigest()
 
 
@@ -379,7 +378,7 @@ def _cache_key(predictor, slide: Slide, mpp: float, zoom: float, cfg: SlideConfi
     blob = {
         "version": CACHE_VERSION, "glandseg": __version__,
         "slide": [str(slide.path.resolve()), st.st_size, st.st_mtime_ns],
-        "model": _fingerprint(predictor), "mpp": mpp, "zoom": zoom,
+        "model": model_id(predictor), "mpp": mpp, "zoom": zoom,
         "core": cfg.core, "margin": cfg.margin, "tissue": cfg.tissue,
         "thumb_side": cfg.thumb_side, "tta": bool(getattr(predictor, "tta", False)),
         "tiling": predictor.tiling.as_dict() if hasattr(predictor.tiling, "as_dict")
@@ -439,12 +438,10 @@ def predict_window_batch(predictor, slide_path: str, zoom: float, windows: list[
                          cache: str, threads: int | None = None) -> int:
     """One task of a distributed run (a Dask worker or a process pool): segment
     ``windows`` of the slide at ``slide_path`` into the cache folder ``cache`` (windows
-    already there are skipped, so a task may safely run twice). ``threads``: torch threads
+    already there are skipped, so a task may safely run twice). ``threads``: network threads
     in this worker. Returns the number of windows predicted."""
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        predictor.backend.set_threads(threads)
     n = 0
     with open_slide(slide_path) as slide:
         for w in windows:

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # Mask R-CNN outputs only; the dense path runs without torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ def detections_from_output(out: dict[str, torch.Tensor], window: Window, frame: 
     ``(N,)``) → detections in frame coordinates, cropped to where the probability exceeds
     ``eps``. ``frame`` = ``(h, w)`` of the whole (scaled) image, to tell window edges inside
     the image (truncation) from image edges."""
+    import torch
+
     wy0, wx0, wy1, wx1 = window
     fh, fw = frame
     dets = []

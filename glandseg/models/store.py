@@ -10,7 +10,8 @@
 Every config is read through :class:`glandseg.models.config.ModelConfig` (keys and ranges
 checked before a network is built), weights are safetensors (nothing is unpickled) and must
 fit the network exactly. Every problem is a one-line :class:`~glandseg.GlandsegError` naming
-the file. Inference loads models from here; the training engine is never imported.
+the file. Inference loads models from here; the training engine is never imported, and
+neither is torch until a network is built (the ONNX backend needs only the config).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from glandseg import GlandsegError
 from glandseg.models import registry
 from glandseg.models.config import ModelConfig
+
+if TYPE_CHECKING:  # torch is imported when a network is built, not when this module is
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -132,14 +132,14 @@ def _write_settings(predictor: Predictor, out: Path, data: str | Path,
     from datetime import UTC, datetime
 
     from glandseg import __version__
-    from glandseg.infer.slide import _fingerprint
+    from glandseg.infer.slide import model_id
 
     tiling = predictor.tiling
     rec = {
         "glandseg": __version__,
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "model": predictor.config.get("model"), "task": predictor.task,
-        "model_fingerprint": _fingerprint(predictor),
+        "model_fingerprint": model_id(predictor),
         "model_mpp": predictor.mpp, "input_mpp": getattr(predictor, "input_mpp", None),
         "tiling": tiling.as_dict() if hasattr(tiling, "as_dict") else str(tiling),
         "tta": bool(getattr(predictor, "tta", False)),

@@ -261,17 +261,23 @@ def test_image_grader_with_encoder_features(tiny_run: Path, tmp_path: Path) -> N
     from glandseg.grade.features import encoder_features
     from glandseg.infer.predictor import Predictor
 
-    pred = Predictor.from_name(str(tiny_run), device="cpu")
+    pred = Predictor.from_name(str(tiny_run), device="cpu")  # ONNX Runtime on the CPU
+    torch_pred = Predictor.from_name(str(tiny_run), device="cpu", backend="torch")
+    assert (pred.backend.name, torch_pred.backend.name) == ("onnx", "torch")
     img = _tissue(96, 128)
     enc = encoder_features(pred, img)
-    chans = list(pred.model.encoder.feature_info.channels())
+    chans = list(torch_pred.model.encoder.feature_info.channels())
     assert list(enc) == encoder_feature_names(chans) and len(enc) == sum(chans)
+    # the same features from either backend, and the same weights fingerprint
+    enc_t = encoder_features(torch_pred, img)
+    assert np.allclose(list(enc.values()), list(enc_t.values()), atol=1e-4)
+    assert pred.fingerprint == torch_pred.fingerprint == model_fingerprint(torch_pred.model)
     # tiled pooling of a larger image: finite and close to the one-piece pooling
     big = _tissue(200, 260, seed=3)
     one, tiled = encoder_features(pred, big), encoder_features(pred, big, max_side=128)
     a, b = np.array(list(one.values())), np.array(list(tiled.values()))
     assert np.all(np.isfinite(b)) and np.corrcoef(a, b)[0, 1] > 0.9
-    fp = model_fingerprint(pred.model)
+    fp = pred.fingerprint
     g = _fit_like_grader(tiny_run, tuple(MORPHOMETRIC_NAMES) + tuple(enc), fp)
     ig = ImageGrader.load(g, pred)
     assert ig.predictor is pred and ig.shares(pred)
@@ -289,7 +295,7 @@ def _grader_file(tiny_run: Path, tmp_path: Path) -> Path:
     from glandseg.infer.predictor import Predictor
 
     pred = Predictor.from_name(str(tiny_run), device="cpu")
-    g = _fit_like_grader(tiny_run, tuple(MORPHOMETRIC_NAMES), model_fingerprint(pred.model))
+    g = _fit_like_grader(tiny_run, tuple(MORPHOMETRIC_NAMES), pred.fingerprint)
     g = Grader(**{**g.__dict__, "feature_set": "morphometrics", "source": ""})
     g.save(tmp_path / "grader.json")
     return tmp_path / "grader.json"
