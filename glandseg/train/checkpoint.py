@@ -56,6 +56,8 @@ def load_json(path: str | Path, hint: str = "") -> dict:
         raise GlandsegError(f"{path}: not found{fix}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GlandsegError(f"{path}: invalid JSON ({_one_line(exc)}){fix}") from exc
+    except RecursionError as exc:
+        raise GlandsegError(f"{path}: JSON nested too deeply to be a glandseg file{fix}") from exc
     except OSError as exc:
         raise GlandsegError(f"{path}: cannot read ({_one_line(exc)}){fix}") from exc
     if not isinstance(obj, dict):
@@ -125,6 +127,32 @@ def train_state(optimizer: torch.optim.Optimizer, scheduler, scaler,
     return tensors, json.loads(json.dumps(meta, default=_json_default))
 
 
+def _check_like(current: dict, saved: object, what: str) -> None:
+    """``saved`` (a scheduler's or scaler's state from JSON) must have the keys of
+    ``current`` (this run's own state) and numbers where it has numbers; ``ValueError``."""
+    if not isinstance(saved, dict) or set(saved) != set(current):
+        raise ValueError(f"the {what} state has other fields than this run's")
+    for k, v in current.items():
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if number and (not isinstance(saved[k], int | float) or isinstance(saved[k], bool)):
+            raise ValueError(f"the {what} state's {k!r} is not a number")
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Each restored state tensor (moments, momentum buffers) must have its parameter's
+    shape (a step count: one value); ``ValueError`` otherwise (``load_state_dict`` does not
+    check, and the first step would fail deep inside the optimizer)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, v in optimizer.state.get(param, {}).items():
+                if not torch.is_tensor(v):
+                    continue
+                ok = v.numel() == 1 if name == "step" else v.shape == param.shape
+                if not ok:
+                    raise ValueError(f"optimizer state {name!r} has shape {tuple(v.shape)}, "
+                                     f"its parameter {tuple(param.shape)}")
+
+
 def _py_state(s: tuple) -> list:
     return [s[0], list(s[1]), s[2]]
 
@@ -144,9 +172,12 @@ def restore_train_state(tensors: dict[str, torch.Tensor], meta: dict,
                 state.setdefault(int(pid), {})[name] = v
         if optimizer is not None:
             optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            _check_optimizer_shapes(optimizer)
         if scheduler is not None and meta["scheduler"] is not None:
+            _check_like(scheduler.state_dict(), meta["scheduler"], "scheduler")
             scheduler.load_state_dict(meta["scheduler"])
         if scaler is not None and meta["scaler"] is not None:
+            _check_like(scaler.state_dict(), meta["scaler"], "scaler")
             scaler.load_state_dict(meta["scaler"])
         torch.set_rng_state(tensors["rng.torch"])
         if generator is not None and "rng.loader" in tensors:

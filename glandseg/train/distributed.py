@@ -153,6 +153,9 @@ class DistributedTrainer(Trainer):
             if own and dist.is_initialized():
                 dist.destroy_process_group()
 
+    def _owns_run_folder(self) -> bool:
+        return self.env.main  # rank 0 creates the run folder (and removes a failed start)
+
     def elapsed(self) -> float:
         """Rank 0's training time as of the last epoch start or end (the same everywhere)."""
         return self._elapsed_synced

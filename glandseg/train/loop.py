@@ -9,12 +9,14 @@ validation object Dice) and ``last`` checkpoints, logs ``metrics.csv``, ``curves
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from glandseg import GlandsegError
-from glandseg.data.dataset import GlasDataset, patient_split
-from glandseg.data.discover import discover
-from glandseg.data.io import read_image, read_label
+from glandseg.data.dataset import GlasDataset, patient_split, validation_item
 from glandseg.data.transforms import AugmentConfig, train_transform
 from glandseg.infer.predictor import Predictor, pick_device
 from glandseg.models import registry
 from glandseg.train import checkpoint as ckpt
-from glandseg.train import runstate
+from glandseg.train import finetune, runstate
 from glandseg.train.presets import preset_stages
+from glandseg.train.seeding import EpochSampler, SeededItems
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class TrainConfig:
     robust_p: float = 0.5
     #: Weight of the blur-consistency term of the U-Nets' loss (DenseTask; 0 = off).
     consistency: float = 0.0
+    #: Keep the encoder's weights and batch-norm statistics fixed (glandseg.train.finetune).
+    freeze_encoder: bool = False
 
     def resolved_stages(self) -> list[dict]:
         if self.stages:
@@ -183,15 +186,17 @@ class Trainer:
         tc = self.tc
         if tc.resume:
             runstate.read_commit(self.run)  # a one-line error when there is nothing to resume
-            self._lock.acquire()
+            with self._writing():
+                self._lock.acquire()
             self.cfg = _load_run_config(self.run)
             if tc.max_minutes is not None:  # a resumed run may get a new time budget
                 self.cfg["train"]["max_minutes"] = tc.max_minutes
         else:
             runstate.refuse_existing(self.run)
             self.cfg = self._initial_config()
-            self.run.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
+            with self._writing():
+                self.run.mkdir(parents=True, exist_ok=True)
+                self._lock.acquire()
             if tc.scale is not None:
                 self.cfg["preprocess"]["scale"] = tc.scale
             if tc.tile is not None:  # inference tile side at the working scale
@@ -208,29 +213,39 @@ class Trainer:
                 w = Path(self._init_weights)
                 self.cfg["train"]["init_weights"] = str(w)
                 self.cfg["train"]["init_weights_sha256"] = hashlib.sha256(w.read_bytes()).hexdigest()
-            ckpt.save_json(self.run / "config.json", self.cfg)
-        fh = logging.FileHandler(self.run / "train.log")
+            self.save_config()
+        with self._writing():
+            fh = _LogFile(self.run / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.setLevel(logging.INFO)
         pkg = logging.getLogger("glandseg")
         pkg.addHandler(fh)
         self._fh, self._old_level = fh, pkg.level
-        if pkg.getEffectiveLevel() > logging.INFO:  # train.log gets INFO even without a CLI
+        shown = pkg.getEffectiveLevel()
+        if shown > logging.INFO:  # train.log gets INFO even without a CLI (or with -q) ...
             pkg.setLevel(logging.INFO)
+            # ... while the console keeps showing only what it did (-q: warnings)
+            self._console = _Forward(shown)
+            pkg.addHandler(self._console)
+            self._old_propagate, pkg.propagate = pkg.propagate, False
         seed_everything(self.cfg["train"]["seed"])
 
     def setup_data(self) -> None:
         t = self.cfg["train"]
-        samples = discover(t["data"], splits=("train",))
-        if not samples:
-            raise GlandsegError(f"{t['data']}: no training images (train_N + train_N_anno)")
+        samples = finetune.training_samples(t["data"])  # GlaS train_N, else any annotated
         if t.get("val_images") is not None:  # a resumed run keeps its own split
             val_names = set(t["val_images"])
-            self.train_samples = [s for s in samples if s.name not in val_names]
+            self.train_samples = [s for s in samples if s.name not in val_names
+                                  or t.get("val_on_train")]
             self.val_samples = [s for s in samples if s.name in val_names]
         else:
+            finetune.apply_small_set(t, len(samples), dataclasses.asdict(TrainConfig()))
             self.train_samples, self.val_samples = patient_split(samples, t["val_fraction"],
                                                                  t["seed"])
+            if not self.val_samples:
+                self.val_samples, t["val_on_train"] = list(self.train_samples), True
+                log.warning("no images held out: validating on the %d training images (the "
+                            "'best' checkpoint follows the training fit)", len(samples))
         self.task = make_task(self.cfg)
         scale = self.cfg["preprocess"]["scale"]
         aug = train_transform(AugmentConfig(crop=t["crop"], robust=bool(t.get("robust")),
@@ -241,7 +256,7 @@ class Trainer:
         self.cfg["train"]["train_images"] = [s.name for s in self.train_samples]
         self.cfg["train"]["val_images"] = [s.name for s in self.val_samples]
         self.save_config()
-        self.val_data = [(s.name, read_image(s.image), read_label(s.anno)) for s in self.val_samples]
+        self.val_data = [validation_item(s) for s in self.val_samples]
         log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
                  len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
 
@@ -277,6 +292,8 @@ class Trainer:
 
             load_weights(self.model, self._init_weights)
             log.info("starting from the weights of %s (%s)", init, self._init_weights)
+        if t.get("freeze_encoder"):
+            finetune.freeze_encoder(self.model)
         self.model.to(self.device)
         self.net = self.model  # what the loss calls (DistributedTrainer: the DDP wrapper)
         pre = self.cfg["preprocess"]
@@ -299,24 +316,53 @@ class Trainer:
         self.scheduler = _make_scheduler(stage, self.optimizer, len(self.loader), progress)
 
     def make_loader(self, stage: dict, generator: torch.Generator) -> DataLoader:
-        """The stage's training loader (shuffled by ``generator``)."""
+        """The stage's training loader. Epoch ``e`` shuffles and augments from ``(seed, e)``
+        alone (:mod:`glandseg.train.seeding`: one seed per crop, set in whichever worker
+        builds it), so a resumed run draws what an uninterrupted one does, with any number
+        of workers; ``generator`` only feeds the DataLoader's own (unused) worker seeds."""
         t = self.cfg["train"]
         return DataLoader(
-            self.train_ds, batch_size=stage["batch_size"], shuffle=True, drop_last=True,
+            SeededItems(self.train_ds), batch_size=stage["batch_size"], drop_last=True,
+            sampler=EpochSampler(len(self.train_ds), t["seed"]),
             num_workers=t["workers"], collate_fn=self.task.collate, generator=generator,
             persistent_workers=t["workers"] > 0,
             worker_init_fn=_worker_init,
         )
 
     def save_config(self) -> None:
-        ckpt.save_json(self.run / "config.json", self.cfg)
+        with self._writing():
+            ckpt.save_json(self.run / "config.json", self.cfg)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn an ``OSError`` of writing into the run folder (a full disk, a read-only or
+        forbidden folder) into a one-line error naming the folder; every file is written
+        to a temporary name and renamed, so the last committed epoch stays intact."""
+        try:
+            yield
+        except OSError as exc:
+            what = exc.strerror or type(exc).__name__
+            where = f" ({exc.filename})" if exc.filename else ""
+            if runstate.has_commit(self.run):
+                kept = (f"the last complete epoch ({runstate.read_commit(self.run).epoch}) is "
+                        "kept; fix that, then continue with glandseg train --resume --out "
+                        f"{self.run}")
+            else:
+                kept = "no epoch was completed; fix that and start again"
+            raise GlandsegError(f"{self.run}: cannot write the run folder: {what}{where}; "
+                                f"{kept}") from exc
 
     # -- epoch hooks ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
         losses = []
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-                   disable=None)
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # this epoch's order and crops: from (seed, epoch)
+            sampler.set_epoch(epoch)
+        total = sum(s["epochs"] for s in self.cfg["train"]["stages"])
+        # one bar per epoch over its steps, on a terminal; -q (TQDM_DISABLE) hides it
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total}", unit="step", leave=False,
+                   dynamic_ncols=True, disable=None)
         for batch in bar:
             batch = _to_device(batch, self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -370,11 +416,13 @@ class Trainer:
         improved = row["val_object_dice"] > self.best
         if improved:
             self.best = row["val_object_dice"]
-        self.commit = runstate.commit_epoch(
-            self.run, self.model, self.optimizer, self.scheduler, self.scaler, epoch=epoch + 1,
-            stage=stage_i, history=self.history, elapsed=self.elapsed(), best=self.best,
-            improved=improved, previous=self.commit, generator=self.loader.generator)
-        self._write_logs()
+        with self._writing():
+            self.commit = runstate.commit_epoch(
+                self.run, self.model, self.optimizer, self.scheduler, self.scaler,
+                epoch=epoch + 1, stage=stage_i, history=self.history, elapsed=self.elapsed(),
+                best=self.best, improved=improved, previous=self.commit,
+                generator=self.loader.generator)
+            self._write_logs()
         log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
                  row["train_loss"], row["val_f1"], row["val_object_dice"],
                  row["val_object_hausdorff"], " (best)" if improved else "")
@@ -417,30 +465,65 @@ class Trainer:
 
     # -- driver ---------------------------------------------------------------------------
     def fit(self) -> Path:
+        """Train (see the class docstring); returns the run folder. A new run that fails
+        (or is interrupted) before its first epoch is committed leaves no run folder behind:
+        what this call created is removed, a folder that existed before is kept."""
+        made = None if self.tc.resume or not self._owns_run_folder() else _Made(self.run)
         try:
             self.setup_run()
         except BaseException:
+            if made is not None and self._lock.held:
+                made.undo()
             self._lock.release()
             raise
         try:  # from here on train.log is open: closed whatever happens
             self.setup_model()  # first: a missing weights download fails before data loading
             self.setup_data()
             self._check_options()
-            start_stage, start_epoch = self._resume() if self.tc.resume else (0, 0)
+            start_stage, start_epoch = (0, 0)
+            if self.tc.resume:
+                with self._writing():
+                    start_stage, start_epoch = self._resume()
             self._train_stages(start_stage, start_epoch)
-            self.finish()
+            with self._writing():
+                self.finish()
+        except BaseException:
+            self._restore_logging()
+            if made is not None:
+                made.undo()
+            raise
         finally:
-            logging.getLogger("glandseg").removeHandler(self._fh)
-            logging.getLogger("glandseg").setLevel(self._old_level)
-            self._fh.close()
+            self._restore_logging()
             self._lock.release()
         return self.run
+
+    def _owns_run_folder(self) -> bool:
+        """Whether this process creates (and may remove) the run folder."""
+        return True
+
+    def _restore_logging(self) -> None:
+        """Close ``train.log`` and put the package logger back as :meth:`setup_run` found it
+        (once; a second call does nothing)."""
+        fh = getattr(self, "_fh", None)
+        if fh is None:
+            return
+        pkg = logging.getLogger("glandseg")
+        pkg.removeHandler(fh)
+        console = getattr(self, "_console", None)
+        if console is not None:
+            pkg.removeHandler(console)
+            pkg.propagate = self._old_propagate
+            self._console = None
+        pkg.setLevel(self._old_level)
+        fh.close()
+        self._fh = None
 
     def _resume(self) -> tuple[int, int]:
         """Load the last complete epoch: only what ``checkpoint.json`` names, checksums
         verified (leftovers of a killed commit are deleted, last/best.safetensors
         republished). Returns ``(stage, epoch)`` to continue after."""
         self.commit = runstate.resume(self.run)
+        _check_resumable(self.commit, self.cfg["train"]["stages"])
         runstate.load_weights(self.commit, "last", self.model)
         self.history, self.best = list(self.commit.history), self.commit.best
         self.elapsed_before = self.commit.elapsed
@@ -472,8 +555,10 @@ class Trainer:
             epoch_base += n
 
     def _check_options(self) -> None:
-        """What only the model and the data can check, as one-line errors before training:
-        the crop must fit the network's stride, and an epoch must hold at least one batch."""
+        """What only the model and the data can check, before training: the crop must fit
+        the network's stride (a one-line error), and a batch larger than the training crops
+        of an epoch is lowered to them (said once, in the log and in ``config.json``'s
+        ``train.notes``; the stages record the batch size used)."""
         t = self.cfg["train"]
         stride = int(getattr(self.model, "stride", 1))
         if t["crop"] % stride:
@@ -481,12 +566,16 @@ class Trainer:
             raise GlandsegError(f"--crop {t['crop']} is not a multiple of {stride}, the stride "
                                 f"of {self.cfg['model']}; use e.g. --crop {fit}")
         n = len(self.train_ds)
-        for stage in t["stages"]:
-            if stage["batch_size"] > n:
-                raise GlandsegError(
-                    f"batch size {stage['batch_size']} is more than the {n} training crops of "
-                    f"an epoch ({len(self.train_samples)} images x {t['repeats']} repeats); "
-                    "lower --batch-size or raise --repeats")
+        asked = sorted({s["batch_size"] for s in t["stages"] if s["batch_size"] > n})
+        if asked:
+            for stage in t["stages"]:
+                stage["batch_size"] = min(stage["batch_size"], n)
+            note = (f"batch size {'/'.join(map(str, asked))} lowered to {n}, the training crops "
+                    f"of an epoch ({len(self.train_samples)} images x {t['repeats']} repeats); "
+                    "raise --repeats to keep a larger batch")
+            t.setdefault("notes", []).append(note)
+            log.warning("%s", note)
+            self.save_config()
 
     def _run_stage(self, si: int, stage: dict, epoch_base: int, start_epoch: int,
                    budget: float | None) -> bool:
@@ -513,6 +602,33 @@ class Trainer:
         return False
 
 
+def _check_resumable(commit: runstate.Commit, stages: list) -> None:
+    """The committed history and stage must be this run's: rows with the ``metrics.csv``
+    fields, and the stage the one that holds the committed epoch (else the optimizer state
+    would silently not be restored); one-line errors."""
+    where = commit.run / runstate.MANIFEST
+    fix = "delete the run folder (or choose another --out) and train without --resume"
+    for i, row in enumerate(commit.history):
+        if set(row) != set(CSV_FIELDS):
+            odd = sorted(set(row) ^ set(CSV_FIELDS))
+            raise GlandsegError(f"{where}: history row {i + 1} has other fields than "
+                                f"metrics.csv's ({', '.join(odd[:3])}); {fix}")
+    try:
+        ends = np.cumsum([int(s["epochs"]) for s in stages]).tolist()
+        if not ends:
+            raise ValueError("no stages")
+    except (TypeError, KeyError, ValueError) as exc:
+        raise GlandsegError(f"{commit.run / 'config.json'}: no stages with their epochs; "
+                            f"{fix}") from exc
+    if commit.epoch > ends[-1]:
+        raise GlandsegError(f"{where}: epoch {commit.epoch} is past the run's {ends[-1]} "
+                            f"epochs; {fix}")
+    stage = next(i for i, end in enumerate(ends) if commit.epoch <= end)
+    if commit.stage != stage or commit.history[-1]["stage"] != stage + 1:
+        raise GlandsegError(f"{where}: epoch {commit.epoch} belongs to stage {stage} (0-based) "
+                            f"of the run, not {commit.stage}; {fix}")
+
+
 def _load_run_config(run: Path) -> dict:
     """The ``config.json`` of a run to resume; one-line errors when it is not one."""
     fix = "delete the run folder (or choose another --out) and train without --resume"
@@ -522,6 +638,49 @@ def _load_run_config(run: Path) -> dict:
         raise GlandsegError(f"{run / 'config.json'}: no training arguments (\"train\" with "
                             f"\"stages\"), so the run cannot be resumed; {fix}")
     return cfg
+
+
+class _Made:
+    """What a new run is about to create: the outermost missing folder of the run's path,
+    or, when the run folder exists, its current entries (kept by :meth:`undo`)."""
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        missing = [p for p in (run, *run.parents) if not p.exists()]
+        self.top = missing[-1] if missing else None
+        self.before = {p.name for p in run.iterdir()} if run.is_dir() else set()
+
+    def undo(self) -> None:
+        """Remove what was created since, unless an epoch was committed (a run to resume)."""
+        if runstate.has_commit(self.run):
+            return
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+            return
+        with contextlib.suppress(OSError):
+            for p in self.run.iterdir():
+                if p.name in self.before:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+class _LogFile(logging.FileHandler):
+    """``train.log``: a record that cannot be written (a full disk) is dropped without the
+    logging module's traceback; the next checkpoint write reports the problem in one line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        pass
+
+
+class _Forward(logging.Handler):
+    """Hands records at ``level`` and above to the root logger's handlers: the console
+    output the package logger had before training raised its level for ``train.log``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().callHandlers(record)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -271,7 +272,32 @@ def read_commit(run: Path) -> Commit:
     if commit.epoch < 1 or len(commit.history) != commit.epoch:
         raise GlandsegError(f"{path}: epoch {commit.epoch} with {len(commit.history)} "
                             f"history rows; {_FIX}")
+    problem = _check_commit(commit)
+    if problem:
+        raise GlandsegError(f"{path}: {problem}; {_FIX}")
     return commit
+
+
+def _check_commit(commit: Commit) -> str | None:
+    """What does not fit in a parsed manifest (valid JSON of the right keys), or None:
+    history rows that are not flat objects of numbers numbered 1..epoch, a negative stage,
+    a best epoch outside 1..epoch, a negative or non-finite elapsed time."""
+    for i, row in enumerate(commit.history):
+        if not isinstance(row, dict) or not row:
+            return f"history row {i + 1} is not an object of numbers ({type(row).__name__})"
+        bad = [k for k, v in row.items()
+               if not isinstance(v, int | float) or isinstance(v, bool)]
+        if bad:
+            return f"history row {i + 1}: {bad[0]!r} is not a number"
+        if row.get("epoch") != i + 1:
+            return f"history row {i + 1} says epoch {row.get('epoch')!r}"
+    if commit.stage < 0:
+        return f"stage {commit.stage} is negative"
+    if commit.best_epoch is not None and not 1 <= commit.best_epoch <= commit.epoch:
+        return f"best epoch {commit.best_epoch} is outside epochs 1-{commit.epoch}"
+    if not math.isfinite(commit.elapsed) or commit.elapsed < 0:
+        return f"elapsed time {commit.elapsed} is not a duration"
+    return None
 
 
 def read_file(commit: Commit, role: str) -> bytes:
@@ -360,6 +386,11 @@ class RunLock:
         f.flush()
         self._f = f
         return self
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (between :meth:`acquire` and :meth:`release`)."""
+        return self._f is not None
 
     def release(self) -> None:
         if self._f is None:
