@@ -12,9 +12,9 @@ What differs from one process, hook by hook (the epoch loop itself is the Traine
 
 - backend NCCL on CUDA (one GPU per process: ``cuda:LOCAL_RANK``), gloo on the CPU;
 - ``--batch-size`` is the *global* batch: each of the N processes takes ``batch / N``
-  crops per step from a :class:`~torch.utils.data.DistributedSampler` (its own share of one
-  shuffled permutation per epoch), and DDP averages the gradients, so a step of N
-  processes equals a step of one process on the whole batch;
+  crops per step from a :class:`~glandseg.train.seeding.EpochSampler` (every N-th crop of
+  the one-process epoch, each with that epoch's own crop seed), and DDP averages the
+  gradients, so a step of N processes equals a step of one process on the whole batch;
 - rank 0 alone creates the run folder, writes ``config.json``, the checkpoint commits,
   ``metrics.csv``, ``curves.png`` and ``train.log``, validates (once, not N times: the
   result is broadcast), and tunes the post-processing at the end;
@@ -35,11 +35,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from glandseg import GlandsegError
 from glandseg.train import runstate
 from glandseg.train.loop import TrainConfig, Trainer, _worker_init, seed_everything
+from glandseg.train.seeding import EpochSampler, SeededItems
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +195,13 @@ class DistributedTrainer(Trainer):
     def make_loader(self, stage: dict, generator: torch.Generator) -> DataLoader:
         t = self.cfg["train"]
         per = per_rank_batch(stage["batch_size"], self.env.world_size)
-        sampler = DistributedSampler(self.train_ds, num_replicas=self.env.world_size,
-                                     rank=self.env.rank, shuffle=True, seed=t["seed"],
-                                     drop_last=True)
+        # this rank's share of the one-process epoch, each crop with its own seed
+        # (glandseg.train.seeding): the same crops whatever the world size or workers
+        sampler = EpochSampler(len(self.train_ds), t["seed"], rank=self.env.rank,
+                               world_size=self.env.world_size)
         generator.manual_seed(generator.initial_seed() + 104_729 * self.env.rank)
         return DataLoader(
-            self.train_ds, batch_size=per, sampler=sampler, drop_last=True,
+            SeededItems(self.train_ds), batch_size=per, sampler=sampler, drop_last=True,
             num_workers=t["workers"], collate_fn=self.task.collate, generator=generator,
             persistent_workers=t["workers"] > 0, worker_init_fn=_worker_init)
 
