@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="unet-lite0",
                    choices=[n for n in registry.names() if n not in registry.BUNDLED])
     p.add_argument("--data", default=None,
-                   help="GlaS folder (flat or train/ test/ layout); not needed with --resume")
+                   help="GlaS folder (flat or train/ test/ layout), or any folder of images with "
+                        "<stem>_anno.<ext> or QuPath <stem>.geojson annotations (e.g. corrected "
+                        "predictions); not needed with --resume")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
     p.add_argument("--epochs", type=int_in(1, 100_000), default=100)
     p.add_argument("--batch-size", type=int_in(1, 1024), default=8)
@@ -75,7 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from a trained model's weights (bundled name such as glas-unet, "
                         "a run folder or a .safetensors file): fine-tuning, e.g. on your own "
-                        "annotated images; architecture, resolution and tiling come from it")
+                        "annotated images (label images or QuPath <stem>.geojson beside each); "
+                        "architecture, resolution and tiling come from it. With at most 20 "
+                        "images, options left at their defaults get small-set ones (lr 1e-4, "
+                        "~60 steps in 6 epochs, validation on a held-out third from 6 images, "
+                        "else on the training images; post-processing kept)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: keep the encoder's weights (and batch-norm statistics) "
+                        "fixed and train the decoder only")
     p.add_argument("--robust", action="store_true",
                    help="acquisition-robustness augmentation: stronger H&E stain shifts, "
                         "Gaussian blur (sigma 0.3-2 px) and JPEG compression (quality 40-95)")
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, preset=args.preset, pretrained=pretrained,
         tune_postprocess=args.tune_postprocess, model_args=model_args, init=args.init,
         robust=args.robust, robust_p=args.robust_p,
-        consistency=args.consistency, **extra,
+        consistency=args.consistency, freeze_encoder=args.freeze_encoder, **extra,
     )
     run_dir = train(tc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0

@@ -28,6 +28,7 @@ from glandseg.data.discover import (
     index_folder,
     read_grades,
 )
+from glandseg.data.geojson import is_geojson, read_geojson_label
 from glandseg.data.io import IMAGE_EXTS, image_size, read_image, read_label
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class SplitStats:
     glands: list[int] = field(default_factory=list)  # per readable annotation
     grades: dict[str, int] = field(default_factory=dict)  # grade -> images
     patients: set[int] = field(default_factory=set)
+    geojson: int = 0  # annotations that are QuPath GeoJSON files
+    regions: int = 0  # Region* polygons in them
+    ignores: int = 0  # Ignore* polygons in them
 
     def size_range(self) -> str:
         """``"WxH..WxH"`` from the smallest to the largest image (by area), or ``"-"``."""
@@ -87,6 +91,9 @@ class SplitStats:
             "glands_per_image": None if g is None else dict(zip(("min", "median", "max"), g, strict=True)),
             "grades": dict(self.grades),
             "patients": sorted(self.patients),
+            "geojson_annotations": self.geojson,
+            "regions": self.regions,
+            "ignore_polygons": self.ignores,
         }
 
 
@@ -160,6 +167,13 @@ class CheckReport:
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows]
         lines.append(f"grades: {self.grades_file}" if self.grades_file else "grades: no Grade.csv")
+        n_geo = sum(st.geojson for st in self.splits.values())
+        if n_geo:
+            n_reg = sum(st.regions for st in self.splits.values())
+            n_ign = sum(st.ignores for st in self.splits.values())
+            lines.append(f"QuPath GeoJSON annotations: {n_geo} (Region* polygons: {n_reg}, "
+                         f"Ignore* polygons: {n_ign}; learned from inside regions only where "
+                         "a file has some)")
         lines += [str(p) for p in self.problems]
         n_err, n_warn = len(self.errors), len(self.warnings)
         verdict = "OK" if self.ok else "NOT USABLE as it is"
@@ -174,6 +188,8 @@ class _Result:
     size: tuple[int, int] | None = None
     glands: int | None = None
     problems: list[Problem] = field(default_factory=list)
+    regions: int | None = None  # Region* polygons of a GeoJSON annotation (None: not one)
+    ignores: int = 0
 
 
 def _check_sample(s: Sample, decode_images: bool, need_anno: bool) -> _Result:
@@ -189,8 +205,14 @@ def _check_sample(s: Sample, decode_images: bool, need_anno: bool) -> _Result:
         r.size = None
     if s.anno is None:
         if need_anno:
-            r.problems.append(Problem(ERROR, s.image, f"no annotation ({s.name}_anno.<ext>)"))
+            if s.split == "other":  # e.g. a correction folder: only corrected images train
+                r.problems.append(Problem(WARNING, s.image, f"no annotation ({s.name}_anno.<ext> "
+                                          f"or {s.name}.geojson): left out of training"))
+            else:
+                r.problems.append(Problem(ERROR, s.image, f"no annotation ({s.name}_anno.<ext>)"))
         return r
+    if is_geojson(s.anno):
+        return _check_geojson(s, r)
     try:
         lab = read_label(s.anno)
     except GlandsegError as exc:
@@ -217,6 +239,28 @@ def _check_sample(s: Sample, decode_images: bool, need_anno: bool) -> _Result:
                 f"one label value ({int(ids[0])}) over {n_parts} separate regions: one gland "
                 "in pieces, or a binary mask instead of instance labels (one id per gland)?",
             ))
+    return r
+
+
+def _check_geojson(s: Sample, r: _Result) -> _Result:
+    """A QuPath GeoJSON annotation: rasterised at the image's size; its warnings (overlaps,
+    self-intersections, shapes outside the image) become warnings of the report."""
+    if r.size is None:
+        return r  # the image is unreadable: already an error
+    try:
+        ras = read_geojson_label(s.anno, r.size)
+    except GlandsegError as exc:
+        r.problems.append(Problem(ERROR, s.anno, _strip_path(exc, s.anno)))
+        return r
+    r.problems += [Problem(WARNING, s.anno, _strip_path(Exception(w), s.anno))
+                   for w in ras.warnings]
+    r.glands = len(np.unique(ras.labels)) - 1 if ras.labels.any() else 0
+    r.regions, r.ignores = ras.n_regions, ras.n_ignores
+    if r.glands == 0:
+        r.problems.append(Problem(WARNING, s.anno, "no gland in the GeoJSON"))
+    if ras.ignore is not None and ras.ignore.all():
+        r.problems.append(Problem(WARNING, s.anno, "every pixel is ignored (Region* polygons "
+                                  "outside the image, or Ignore* over all of it)"))
     return r
 
 
@@ -268,7 +312,8 @@ def check_folder(
     if not annos:
         problems.append(Problem(
             WARNING, None,
-            "no annotations (<stem>_anno.<ext>): usable for predict, not for train or evaluate",
+            "no annotations (<stem>_anno.<ext> or QuPath <stem>.geojson): usable for predict, "
+            "not for train or evaluate",
         ))
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, n_workers)) as pool:
@@ -283,6 +328,10 @@ def check_folder(
             st.sizes.append(r.size)
         if r.glands is not None:
             st.glands.append(r.glands)
+        if r.regions is not None:
+            st.geojson += 1
+            st.regions += r.regions
+            st.ignores += r.ignores
         problems += r.problems
         if grades_file is not None and grades and s.split in SPLITS:
             if s.grade is None:

@@ -2,7 +2,10 @@
 (the study's memory-efficient batch generator), with an optional in-RAM cache.
 
 Items are dicts: ``image`` float32 ``(3, H, W)`` in [0, 1], ``labels`` int64 ``(H, W)``
-(0 = background, 1..N = glands), ``name`` str, plus whatever ``target_fn`` adds.
+(0 = background, 1..N = glands), ``name`` str, plus whatever ``target_fn`` adds. When any
+annotation is a QuPath GeoJSON file (:mod:`glandseg.data.geojson`), every item also has
+``valid``, float32 ``(H, W)``: 0 where the pixel is left out of the loss (inside an
+``Ignore*`` polygon, or outside the ``Region*`` polygons of a file that has some), 1 elsewhere.
 """
 
 from __future__ import annotations
@@ -18,10 +21,55 @@ from torchvision import tv_tensors
 
 from glandseg import GlandsegError
 from glandseg.data.discover import Sample
+from glandseg.data.geojson import is_geojson, read_geojson_label
 from glandseg.data.io import read_image, read_label
 from glandseg.data.transforms import scale_pair
 
 log = logging.getLogger(__name__)
+
+#: Added to the label of an ignored pixel while image and labels are augmented together
+#: (nearest-neighbour resampling keeps it; 2 x 65536 is exact in float32, which torchvision's
+#: rotation and elastic kernels resample masks in). Gland ids stay below it.
+IGNORE_FLAG = 1 << 16
+
+
+def load_annotation(sample: Sample, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels int32 (H, W), ignore bool (H, W) or None)`` of a sample's annotation at
+    the image's ``shape``: a label image (nothing ignored) or a GeoJSON file rasterised
+    (:func:`glandseg.data.geojson.read_geojson_label`). Raises :class:`GlandsegError` when
+    a label image's size differs from the image's."""
+    if is_geojson(sample.anno):
+        r = read_geojson_label(sample.anno, shape)
+        if r.labels.max(initial=0) >= IGNORE_FLAG:
+            raise GlandsegError(f"{sample.anno}: more than {IGNORE_FLAG - 1} glands in one image; "
+                                "split the image")
+        return r.labels, r.ignore
+    lab = read_label(sample.anno)
+    if lab.shape != tuple(shape):
+        raise GlandsegError(
+            f"{sample.anno}: annotation is {tuple(lab.shape)} but image is {tuple(shape)}")
+    return lab, None
+
+
+def validation_item(sample: Sample) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(name, image uint8 (h, w, 3), truth int32 (h, w))`` to validate on. With a GeoJSON
+    annotation that ignores pixels, the image and truth are cut to the bounding box of the
+    pixels not ignored (the ``Region*`` polygons), and glands with most of their area ignored
+    are removed from the truth (predictions there still count)."""
+    image = read_image(sample.image)
+    labels, ignore = load_annotation(sample, image.shape[:2])
+    if ignore is None:
+        return sample.name, image, labels
+    from glandseg.data.geojson import valid_bbox
+
+    area = np.bincount(labels.ravel())
+    ignored = np.bincount(labels[ignore].ravel(), minlength=len(area))
+    drop = np.flatnonzero(ignored * 2 > area)
+    drop = drop[drop > 0]
+    if len(drop):
+        labels = np.where(np.isin(labels, drop), 0, labels)
+    sl = valid_bbox(ignore, labels.shape)
+    return sample.name, np.ascontiguousarray(image[sl]), np.ascontiguousarray(labels[sl])
 
 
 class GlasDataset(Dataset):
@@ -51,7 +99,7 @@ class GlasDataset(Dataset):
         if missing:
             raise GlandsegError(
                 f"no annotation for {', '.join(missing[:5])}; training and validation need "
-                "<stem>_anno files next to the images"
+                "<stem>_anno files (or QuPath <stem>.geojson) next to the images"
             )
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -63,25 +111,29 @@ class GlasDataset(Dataset):
         self.cache = cache
         self.target_fn = target_fn
         self.repeats = repeats
+        #: Items carry a ``valid`` mask (any GeoJSON annotation may ignore pixels).
+        self.with_valid = any(is_geojson(s.anno) for s in self.samples)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded, scaled ``(image uint8 (3, H, W), labels int64 (H, W))`` of sample ``i``.
+        """Decoded, scaled ``(image uint8 (3, H, W), labels int64 (H, W))`` of sample ``i``;
+        ignored pixels (GeoJSON) have :data:`IGNORE_FLAG` added to their label.
 
         With ``cache`` the same tensors are returned on every call: do not modify them.
         """
         if i in self._cache:
             return self._cache[i]
         s = self.samples[i]
-        img = torch.from_numpy(read_image(s.image)).permute(2, 0, 1).contiguous()
-        lab = torch.from_numpy(read_label(s.anno).astype(np.int64))
-        if img.shape[-2:] != lab.shape:
-            raise GlandsegError(
-                f"{s.anno}: annotation is {tuple(lab.shape)} but image is {tuple(img.shape[-2:])}"
-            )
+        image = read_image(s.image)
+        labels, ignore = load_annotation(s, image.shape[:2])
+        img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        lab = labels.astype(np.int64)
+        if ignore is not None:
+            lab += ignore * IGNORE_FLAG
+        lab = torch.from_numpy(lab)
         img, lab = scale_pair(img, lab[None], self.scale)
         out = (img, lab[0])
         if self.cache:
@@ -96,11 +148,14 @@ class GlasDataset(Dataset):
             image, mask = self.transform(image, mask)
         elif self.cache:
             mask = mask.clone()  # the item must not share memory with the cache
+        labels = mask.as_subclass(torch.Tensor).long()
         item = {
             "image": image.as_subclass(torch.Tensor).float() / 255.0,
-            "labels": mask.as_subclass(torch.Tensor).long(),
+            "labels": labels % IGNORE_FLAG,
             "name": self.samples[i].name,
         }
+        if self.with_valid:
+            item["valid"] = (labels < IGNORE_FLAG).float()
         if self.target_fn is not None:
             item.update(self.target_fn(item["labels"]))
         return item

@@ -9,6 +9,10 @@ a JPEG annotation is an error naming the file):
 - the study's layout with ``train/`` and ``test/`` (or ``testA/``, ``testB/``) sub-folders;
 - any folder of ``<stem>.<ext>`` images with optional ``<stem>_anno.<ext>`` annotations
   (split ``"other"``).
+
+An annotation may also be a QuPath GeoJSON file beside its image, ``<stem>.geojson`` or
+``<stem>_anno.geojson`` (:mod:`glandseg.data.geojson`); a folder may mix both kinds, but one
+image annotated both ways is an error naming the files.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glandseg import GlandsegError
+from glandseg.data.geojson import GEOJSON_EXTS, is_geojson
 from glandseg.data.io import IMAGE_EXTS, lossy_label_reason
 
 log = logging.getLogger(__name__)
@@ -103,7 +108,7 @@ def _candidate_files(root: Path) -> list[Path]:
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+        if p.suffix.lower() in (*IMAGE_EXTS, *GEOJSON_EXTS) and p.is_file():
             out.append(p)
     return out
 
@@ -131,13 +136,18 @@ def index_folder(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     annos: dict[str, Path] = {}
     for p in sorted(_candidate_files(root)):
         stem = p.stem
-        if stem.endswith("_anno"):
+        if is_geojson(p):  # <stem>.geojson or <stem>_anno.geojson (QuPath annotations)
+            key, table = stem.removesuffix("_anno"), annos
+        elif stem.endswith("_anno"):
             key, table = stem[: -len("_anno")], annos
         elif stem.endswith("_overlay"):
             continue
         else:
             key, table = stem, by_stem
         old = table.get(key)
+        if old is not None and old.parent == p.parent and is_geojson(old) != is_geojson(p):
+            raise GlandsegError(f"{p}: {key} is annotated twice ({old.name} and {p.name}); "
+                                "keep one of them (move the other out of the folder)")
         if old is not None:
             if old.parent != p.parent:
                 log.warning("%s: same name as %s; using the first", p, old)

@@ -47,6 +47,8 @@ class DenseTask:
                "target": torch.stack([it["target"] for it in items])}
         if "weight" in items[0]:
             out["weight"] = torch.stack([it["weight"] for it in items])
+        if "valid" in items[0]:  # GeoJSON Ignore*/Region*: 0 = no loss at that pixel
+            out["valid"] = torch.stack([it["valid"] for it in items])
         return out
 
     def loss(self, model: nn.Module, batch: dict, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -74,17 +76,31 @@ class DenseTask:
         return kl.mean()
 
     def supervised(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Weighted BCE (``binary``) or weighted cross-entropy + soft Dice (``contour``)."""
+        """Weighted BCE (``binary``) or weighted cross-entropy + soft Dice (``contour``).
+
+        ``batch["valid"]`` (float ``(B, H, W)``, optional): pixels at 0 add nothing to
+        either term (GeoJSON ``Ignore*`` polygons, outside ``Region*`` polygons); the
+        per-pixel terms are averaged over the valid pixels."""
         w = batch.get("weight")
+        valid = batch.get("valid")
+        if valid is not None:
+            w = valid if w is None else w * valid
+        n = valid.sum().clamp(min=1.0) if valid is not None else None
+
+        def mean(raw: torch.Tensor) -> torch.Tensor:
+            raw = raw * w if w is not None else raw
+            return raw.mean() if n is None else raw.sum() / n
+
         if self.task == "binary":
             raw = F.binary_cross_entropy_with_logits(logits, batch["target"], reduction="none")[:, 0]
-            return (raw * w).mean() if w is not None else raw.mean()
+            return mean(raw)
         t = batch["target"]
-        ce = F.cross_entropy(logits, t, reduction="none")
-        ce = (ce * w).mean() if w is not None else ce.mean()
+        ce = mean(F.cross_entropy(logits, t, reduction="none"))
         p = torch.softmax(logits.float(), dim=1)
         dice = 0.0
         for probs, truth in ((p[:, 1] + p[:, 2], (t > 0).float()), (p[:, 1], (t == 1).float())):
+            if valid is not None:
+                probs, truth = probs * valid, truth * valid
             inter = (probs * truth).sum()
             dice = dice + 1 - (2 * inter + 1) / (probs.sum() + truth.sum() + 1)
         return ce + self.dice_weight * dice / 2
