@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_optuna()
     from glandseg.search.outputs import best_trial
-    from glandseg.search.space import load_space
-    from glandseg.search.study import SearchConfig, open_study, run_search
+    from glandseg.search.study import SearchConfig, open_study, run_search, search_space
 
     try:
         model_args = json.loads(args.model_args)
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
     )
     c = run_search(cfg)
-    study = open_study(cfg, load_space(cfg.model, cfg.space, cfg.pretrained))
+    study = open_study(cfg, search_space(cfg))
     best = best_trial(study)
     print(f"study {cfg.name()}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed "
           f"of {cfg.trials}")

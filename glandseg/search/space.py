@@ -170,6 +170,32 @@ class SearchSpace:
                     raise GlandsegError(f"{where}: crop {v} is not a multiple of {stride}, the "
                                         f"stride of {self.model}")
 
+    def capped(self, name: str, limit: int) -> SearchSpace:
+        """The space with every value of the integer parameter ``name`` above ``limit``
+        lowered to it (choices, range ends, a fixed value; duplicates dropped), e.g. batch
+        sizes to the training crops of an epoch on a small data set."""
+        out = []
+        for p in self.params:
+            if p.name != name:
+                out.append(p)
+            elif p.kind == "fixed":
+                out.append(Param(name, "fixed", fixed=min(p.fixed, limit)))
+            elif p.kind == "choice":
+                keep = tuple(dict.fromkeys(min(c, limit) for c in p.choices))
+                out.append(Param(name, "choice", choices=keep))
+            else:
+                out.append(Param(name, p.kind, float(min(p.low, limit)),
+                                 float(min(p.high, limit)), p.log))
+        return SearchSpace(self.model, tuple(out))
+
+    def lowest(self, name: str) -> Any:
+        """The smallest value ``name`` can take in this space (None when it is not in it)."""
+        for p in self.params:
+            if p.name == name:
+                return (p.fixed if p.kind == "fixed" else min(p.choices) if p.kind == "choice"
+                        else p.low)
+        return None
+
     def narrowed(self, best: Mapping, factor: float = 0.25) -> SearchSpace:
         """A narrower space around the ``best`` values (the study's second stage): each range
         shrinks to ``factor`` of its width (on the log scale for log ranges), centred on the

@@ -456,7 +456,7 @@ def work(cfg: SearchConfig, index: int = 0, deadline: float | None = None) -> Co
     from glandseg.search.outputs import write_results
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = load_space(cfg.model, cfg.space, cfg.pretrained)
+    space = search_space(cfg)
     storage = _storage(cfg)
     probe = open_study(cfg, space, storage)
     seed = (cfg.seed * 1_000_003 + 7919 * index + len(probe.trials)) % 2**32
@@ -506,6 +506,28 @@ def _work_entry(cfg: SearchConfig, index: int, deadline: float | None, level: in
         sys.exit(1)
 
 
+def search_space(cfg: SearchConfig, say: bool = False) -> SearchSpace:
+    """The space of ``cfg`` (:func:`~glandseg.search.space.load_space`) fitted to its data:
+    batch sizes above the training crops of an epoch (training images after the patient
+    split x the fewest repeats a trial may get) lowered to that number, so that no trial
+    asks for more than an epoch holds (``say``: log it)."""
+    from glandseg.data.dataset import patient_split
+    from glandseg.data.discover import discover
+
+    space = load_space(cfg.model, cfg.space, cfg.pretrained)
+    if space.lowest("batch_size") is None:  # not searched: the trainer's default applies
+        return space
+    samples = discover(cfg.data, splits=("train",))
+    train, _ = patient_split(samples, cfg.val_fraction, cfg.seed)
+    repeats = space.lowest("repeats") or cfg.repeats
+    crops = max(1, len(train) * int(repeats))
+    fitted = space.capped("batch_size", crops)
+    if say and fitted != space:
+        log.warning("batch sizes of the search space lowered to at most %d, the training crops "
+                    "of an epoch (%d images x %d repeats)", crops, len(train), int(repeats))
+    return fitted
+
+
 def check_inputs(cfg: SearchConfig) -> SearchSpace:
     """One-line errors before any trial: options, the data folder, the space."""
     from glandseg.data.discover import discover
@@ -524,7 +546,7 @@ def check_inputs(cfg: SearchConfig) -> SearchSpace:
         raise GlandsegError("--data is required: the GlaS folder the trials train on")
     if not discover(cfg.data, splits=("train",)):
         raise GlandsegError(f"{cfg.data}: no training images (train_N + train_N_anno)")
-    return load_space(cfg.model, cfg.space, cfg.pretrained)
+    return search_space(cfg, say=True)
 
 
 def run_search(cfg: SearchConfig) -> Counts:
