@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   -> creates .venv, installs glandseg, segments the bundled example (demo-out/)
-#   make test   -> creates .venv, installs glandseg, runs the test suite (not the slow tests)
+#   make demo   -> creates .venv, installs glandseg (core: ONNX Runtime, no torch), segments
+#                  the bundled example (demo-out/)
+#   make test   -> creates .venv, installs glandseg with everything it tests (torch included),
+#                  runs the test suite (not the slow tests)
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -8,22 +10,30 @@ GLAS ?= ../shared/glas
 
 .PHONY: demo test test-all lint bench evaluate
 
-$(BIN)/glandseg: pyproject.toml
+CORE = $(VENV)/.glandseg-core
+DEV = $(VENV)/.glandseg-dev
+
+$(CORE): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	touch $@
 
-demo: $(BIN)/glandseg
+$(DEV): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(CORE)
+
+demo: $(CORE)
 	$(BIN)/glandseg demo --out demo-out
 
-test: $(BIN)/glandseg
+test: $(DEV)
 	$(BIN)/python -m pytest -q
 
-test-all: $(BIN)/glandseg
+test-all: $(DEV)
 	$(BIN)/python -m pytest -q -m ""
 
-lint: $(BIN)/glandseg
+lint: $(DEV)
 	$(BIN)/ruff check glandseg tests benchmarks
 
-evaluate: $(BIN)/glandseg
+evaluate: $(CORE)
 	$(BIN)/glandseg evaluate --model glas-unet --data $(GLAS) --out runs/eval-glas-unet

@@ -17,7 +17,7 @@ import sys
 from glandseg import GlandsegError, __version__
 
 VERBS = ("data", "train", "search", "predict", "grade", "evaluate", "score", "leaderboard",
-         "demo")
+         "demo", "export-onnx")
 
 
 class Parser(argparse.ArgumentParser):
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for verb in VERBS:
-        importlib.import_module(f"glandseg.cli.{verb}_cmd").register(sub)
+        importlib.import_module(f"glandseg.cli.{verb.replace('-', '_')}_cmd").register(sub)
     for p in sub.choices.values():
         _add_global_flags(p, top=False)
     return parser

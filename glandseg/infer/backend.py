@@ -230,8 +230,9 @@ def choose_backend(backend: str, device, cfg: ModelConfig, trained: bool) -> str
     dev = str(device)
     if backend == "onnx":
         if cfg.task == "instances":
-            raise GlandsegError("Mask R-CNN models run on torch only (no ONNX export of "
-                                "torchvision's detector): use --backend torch or auto")
+            raise GlandsegError("Mask R-CNN models run on torch only (their ONNX export "
+                                "fails on images without detections): use --backend torch "
+                                "or auto")
         if not trained:
             raise GlandsegError("an untrained architecture has no ONNX graph: use --backend "
                                 "torch")

@@ -9,8 +9,9 @@ the grader uses; :func:`glandseg.grade.features.encoder_features`).
 Metadata (``custom_metadata_map``) records ``weights_sha256`` (the safetensors file it was
 made from: a graph whose file changed since is stale and re-made), ``fingerprint``
 (:mod:`glandseg.models.fingerprint`), ``stride``, ``task``, ``encoder_stages`` and the glandseg
-version. Instance models (Mask R-CNN) are not exported: torchvision's detector does not
-export with dynamic image sizes without changes to its post-processing, so they run on torch.
+version. Instance models (Mask R-CNN) are not exported: torchvision's detector does export
+(legacy exporter, dynamic sizes), but the graph fails in ONNX Runtime on an image without
+detections (the mask head's GroupNorm reshapes an empty RoI batch), so they run on torch.
 
 Needs torch and the ``onnx`` package (``pip install 'glandseg[train]'``).
 """
@@ -68,9 +69,9 @@ def export_onnx(model: nn.Module, config: ModelConfig, out: str | Path,
     file in the same folder, then renamed). ``weights``: the safetensors file the network was
     loaded from (its SHA-256 goes into the metadata). Returns ``out``."""
     if config.task == "instances":
-        raise GlandsegError("Mask R-CNN models are not exported to ONNX (torchvision's "
-                            "detector has no clean export with dynamic sizes); they run on "
-                            "torch: use --backend torch")
+        raise GlandsegError("Mask R-CNN models are not exported to ONNX (the exported "
+                            "detector fails in ONNX Runtime on images without detections); "
+                            "they run on torch: use --backend torch")
     import onnx
 
     out = Path(out)
