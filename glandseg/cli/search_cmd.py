@@ -6,12 +6,14 @@ import argparse
 import json
 
 from glandseg.cli import float_in, int_in
+from glandseg.cli.train_cmd import DefaultsHelpFormatter
 from glandseg.models import registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search", help="tune training hyper-parameters with Optuna (trials = training runs)",
+        formatter_class=DefaultsHelpFormatter,
         description="Search learning rate, weight decay, batch size, crop, loss weights, "
                     "augmentation strength and encoder for MODEL on DIR. Each trial is a "
                     "glandseg train run (STUDY_DIR/trials/), scored by the official validation "
@@ -21,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Writes best.json (for glandseg train --params), trials.csv and plots.",
     )
     p.add_argument("--model", default="unet-lite0",
-                   choices=[n for n in registry.names() if n not in registry.BUNDLED])
+                   choices=[n for n in registry.names() if n not in registry.BUNDLED],
+                   help="architecture the trials train")
     p.add_argument("--data", required=True, help="GlaS folder (flat or train/ test/ layout)")
     p.add_argument("--out", required=True, metavar="STUDY_DIR",
                    help="study folder (created, or continued)")
@@ -55,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="passes over the images per epoch")
     p.add_argument("--val-fraction", type=float_in(0, 0.9, what="a fraction"), default=0.2,
                    help="share of the training patients held out for validation")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="where the trials train (auto: CUDA, then MPS, then the CPU)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
                    help="seed of the samplers and of every trial (the validation split)")
     p.add_argument("--loader-workers", type=int_in(0, 64), default=2,

@@ -11,9 +11,22 @@ from glandseg.cli.predict_cmd import TILE_RANGE
 from glandseg.models import registry
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, ``(default: X)``, where it has one (not for
+    flags, options without a default, or help that already says its default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or "default" in text or not action.option_strings):
+            return text
+        return super()._get_help_string(action)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model on GlaS (validation by patient, best/last checkpoints)",
+        formatter_class=DefaultsHelpFormatter,
         description="Train MODEL on the train_N images of DIR; validation on held-out patients "
                     "with the official GlaS metrics. Writes config.json, best/last.safetensors, "
                     "metrics.csv, curves.png and train.log to --out; each epoch is committed "
@@ -23,18 +36,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(DistributedDataParallel; --batch-size is the global batch).",
     )
     p.add_argument("--model", default="unet-lite0",
-                   choices=[n for n in registry.names() if n not in registry.BUNDLED])
+                   choices=[n for n in registry.names() if n not in registry.BUNDLED],
+                   help="architecture to train")
     p.add_argument("--data", default=None,
                    help="GlaS folder (flat or train/ test/ layout), or any folder of images with "
                         "<stem>_anno.<ext> or QuPath <stem>.geojson annotations (e.g. corrected "
                         "predictions); not needed with --resume")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--epochs", type=int_in(1, 100_000), default=100)
-    p.add_argument("--batch-size", type=int_in(1, 1024), default=8)
-    p.add_argument("--lr", type=float_in(0, 1, what="a learning rate"), default=1e-3)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
-    p.add_argument("--weight-decay", type=float_in(0, 1, zero_ok=True), default=1e-4)
-    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--epochs", type=int_in(1, 100_000), default=100,
+                   help="passes of --repeats over the training images")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=8,
+                   help="crops per step; lowered (with a note) when an epoch holds fewer crops")
+    p.add_argument("--lr", type=float_in(0, 1, what="a learning rate"), default=1e-3,
+                   help="peak learning rate")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw",
+                   help="optimizer")
+    p.add_argument("--weight-decay", type=float_in(0, 1, zero_ok=True), default=1e-4,
+                   help="weight decay")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="learning-rate schedule (cosine: warm-up, then decay over the epochs)")
     p.add_argument("--crop", type=int_in(32, 4096), default=256,
                    help="training crop side, px at --scale; a multiple of the model's stride "
                         "(16 for unet, 32 for the others)")
@@ -45,15 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"inference tile side (px at --scale, {TILE_RANGE[0]}-{TILE_RANGE[1]}) "
                         "saved in the model config; images that fit are predicted whole "
                         "(model default: 512)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="where to train (auto: CUDA, then MPS, then the CPU)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0,
+                   help="seed of the validation split, initial weights, order and augmentation")
     p.add_argument("--workers", type=int_in(0, 64), default=2,
                    help="DataLoader worker processes")
     p.add_argument("--repeats", type=int_in(1, 10_000), default=2,
                    help="passes over the images per epoch")
     p.add_argument("--val-fraction", type=float_in(0, 0.9, what="a fraction"), default=0.2,
                    help="share of the training images (whole patients) held out for validation")
-    p.add_argument("--val-every", type=int_in(1, 100_000), default=1)
+    p.add_argument("--val-every", type=int_in(1, 100_000), default=1,
+                   help="validate every N epochs (and after the last)")
     p.add_argument("--max-minutes", type=float_in(0, 1e6, zero_ok=True), default=None,
                    help="stop (and finish cleanly) after the epoch that passes this budget")
     p.add_argument("--resume", action="store_true",
