@@ -301,6 +301,22 @@ def append_ledger(path: str | Path, row: dict[str, str]) -> None:
     write_text(path, buf.getvalue())
 
 
+def ledger_markdown(rows: list[dict[str, str]]) -> str:
+    """The ledger as the README's Markdown table ("Every test-set evaluation"): one line per
+    row, weights as the first 12 hex digits of their SHA-256, ``|`` escaped."""
+
+    def cell(v: str, code: bool = False) -> str:
+        v = v.replace("|", "\\|")
+        return f"`{v}`" if code and v and not v.startswith(("none", "not ")) else v
+
+    out = ["| when (UTC) | what | weights SHA-256 | command | why |", "|---|---|---|---|---|"]
+    for r in rows:
+        sha = " / ".join(h[:12] if len(h) == 64 else h for h in r["weights_sha256"].split(" / "))
+        out.append(f"| {cell(r['date'])} | {cell(r['model'])} | {cell(sha)} | "
+                   f"{cell(r['command'], code=True)} | {cell(r['why'])} |")
+    return "\n".join(out) + "\n"
+
+
 def evaluate_test(name: str, data: str | Path, why: str, dest: str | Path | None = None,
                   ledger: str | Path = DEFAULT_LEDGER, device: str = "cpu",
                   command: str = "", again: bool = False) -> Path:

@@ -37,6 +37,13 @@ def test_export_writes_half_weights_and_card(tmp_path: Path) -> None:
     path = export_model(run, "tiny", dest=dest, eval_dir=ev, trained_on="test machine",
                         selection="best validation epoch of the run")
     assert path == dest / "tiny.safetensors"
+    # the CPU backend's ONNX graph ships beside it, made from the fp16 file
+    from glandseg.infer.backend import OnnxBackend
+    from glandseg.models.fingerprint import file_fingerprint, sha256_file
+
+    graph = OnnxBackend(dest / "tiny.onnx")
+    assert graph.meta["weights_sha256"] == sha256_file(path)
+    assert graph.fingerprint == file_fingerprint(path)
     tensors = load_file(str(path))
     assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
     card = ckpt.load_json(dest / "tiny.json")["model_card"]
