@@ -307,7 +307,8 @@ def ledger_markdown(rows: list[dict[str, str]]) -> str:
 
     def cell(v: str, code: bool = False) -> str:
         v = v.replace("|", "\\|")
-        return f"`{v}`" if code and v and not v.startswith(("none", "not ")) else v
+        return f"`{v}`" if code and v.startswith(("python", "glandseg", "benchmarks/",
+                                                   "results/")) else v
 
     out = ["| when (UTC) | what | weights SHA-256 | command | why |", "|---|---|---|---|---|"]
     for r in rows:
