@@ -1,7 +1,7 @@
 """Print the README's result tables from the committed evaluations of the bundled models
-(glandseg/weights/NAME.eval/, written by `python -m glandseg.train.export ... --data GLAS`,
-i.e. `glandseg evaluate` on the shipped fp16 files; earlier bundles' evaluations are kept in
-results/previous/), and draw the U-Net vs Mask R-CNN per-image scatter
+(glandseg/weights/NAME.eval/, written by `python -m glandseg.train.export evaluate NAME --data
+GLAS --why TEXT`, i.e. `glandseg evaluate` on the shipped fp16 files; earlier bundles'
+evaluations are kept in results/previous/, v1's as its model card), and draw the U-Net vs Mask R-CNN per-image scatter
 (results/unet_vs_maskrcnn_scatter.png) for the pair trained with equal budgets (glas-unet v2
 and glas-maskrcnn v2).
 
@@ -60,6 +60,16 @@ def main() -> None:
             prev = json.loads((ROOT / "results" / "previous" / f"{old}.eval" /
                                "metrics_split_gt.json").read_text())
             print(row(f"{old} (GT regions split; previous bundle)", prev, "pooled"))
+        v1 = ROOT / "results" / "previous" / f"{name}-v1.json"  # v1's card as bundled
+        if v1.is_file():
+            card = json.loads(v1.read_text())["model_card"]
+            m1 = {p: {"pooled": v} for p, v in card["official_metrics_split_gt"].items()}
+            print(row(f"{name} v1 (GT regions split; first bundle)", m1, "pooled"))
+            v1_place = next(r for r in rank_many({f"{name} v1": m1}, kinds=RANKED_KINDS)
+                            if r.method == f"{name} v1").place
+            print(f"(v1: validation tuned object Dice "
+                  f"{json.loads(v1.read_text())['validation']['tuned_object_dice']:.3f}, "
+                  f"place {v1_place} among the 2015 entries + it)")
         for ref in ("CUMedVision2", "MILD-Net (with TTA)", "Freiburg2"):
             if ref in pub:
                 v = pub[ref].values
