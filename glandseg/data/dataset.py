@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from glandseg import GlandsegError
 from glandseg.data.discover import Sample
 from glandseg.data.geojson import is_geojson, read_geojson_label
-from glandseg.data.io import read_image, read_label
+from glandseg.data.io import read_image, read_label, read_mpp
 from glandseg.data.transforms import scale_pair
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,35 @@ def load_annotation(sample: Sample, shape: tuple[int, int]) -> tuple[np.ndarray,
     return lab, None
 
 
-def validation_item(sample: Sample) -> tuple[str, np.ndarray, np.ndarray]:
-    """``(name, image uint8 (h, w, 3), truth int32 (h, w))`` to validate on. With a GeoJSON
-    annotation that ignores pixels, the image and truth are cut to the bounding box of the
-    pixels not ignored (the ``Region*`` polygons), and glands with most of their area ignored
-    are removed from the truth (predictions there still count)."""
+def resolution_factor(path, mpp: float | None) -> float:
+    """How much an image must be resampled to reach a model's resolution ``mpp`` (µm/px):
+    the image's own µm/px from its metadata (:func:`glandseg.data.io.read_mpp`) over
+    ``mpp``; 1 when either is unknown or they agree within 1 %."""
+    if mpp is None:
+        return 1.0
+    own = read_mpp(path)[0]
+    if own is None or abs(own / mpp - 1) <= 0.01:
+        return 1.0
+    return own / mpp
+
+
+def validation_item(sample: Sample, mpp: float | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(name, image uint8 (h, w, 3), truth int32 (h, w))`` to validate on, resampled to
+    the model's resolution ``mpp`` when the image's metadata gives another
+    (:func:`resolution_factor`). With a GeoJSON annotation that ignores pixels, the image
+    and truth are cut to the bounding box of the pixels not ignored (the ``Region*``
+    polygons), and glands with most of their area ignored are removed from the truth
+    (predictions there still count)."""
     image = read_image(sample.image)
     labels, ignore = load_annotation(sample, image.shape[:2])
+    f = resolution_factor(sample.image, mpp)
+    if f != 1.0:
+        img_t = torch.from_numpy(image).permute(2, 0, 1)
+        stack = np.stack([labels, ignore]) if ignore is not None else labels[None]
+        img_t, lab_t = scale_pair(img_t, torch.from_numpy(stack.astype(np.int64)), f)
+        image = img_t.permute(1, 2, 0).contiguous().numpy()
+        labels = lab_t[0].numpy().astype(np.int32)
+        ignore = lab_t[1].numpy().astype(bool) if ignore is not None else None
     if ignore is None:
         return sample.name, image, labels
     from glandseg.data.geojson import valid_bbox
@@ -81,6 +103,8 @@ class GlasDataset(Dataset):
     transform: a ``torchvision.transforms.v2`` transform applied jointly to
         ``(tv_tensors.Image uint8, tv_tensors.Mask int64)``.
     scale: resampling factor applied before the transform (0.5 = half resolution).
+    mpp: the model's µm/px: an image whose metadata gives another resolution is also
+        resampled by :func:`resolution_factor` (images without one are taken as they are).
     cache: keep decoded, scaled images in RAM after first access (per worker).
     target_fn: ``labels (H, W) int64 tensor → dict of extra tensors`` (model targets).
     repeats: length multiplier, so one epoch can visit each image several times.
@@ -94,6 +118,7 @@ class GlasDataset(Dataset):
         cache: bool = False,
         target_fn: Callable[[torch.Tensor], dict] | None = None,
         repeats: int = 1,
+        mpp: float | None = None,
     ) -> None:
         missing = [s.name for s in samples if s.anno is None]
         if missing:
@@ -111,6 +136,7 @@ class GlasDataset(Dataset):
         self.cache = cache
         self.target_fn = target_fn
         self.repeats = repeats
+        self.mpp = mpp
         #: Items carry a ``valid`` mask (any GeoJSON annotation may ignore pixels).
         self.with_valid = any(is_geojson(s.anno) for s in self.samples)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -134,7 +160,7 @@ class GlasDataset(Dataset):
         if ignore is not None:
             lab += ignore * IGNORE_FLAG
         lab = torch.from_numpy(lab)
-        img, lab = scale_pair(img, lab[None], self.scale)
+        img, lab = scale_pair(img, lab[None], self.scale * resolution_factor(s.image, self.mpp))
         out = (img, lab[0])
         if self.cache:
             self._cache[i] = out

@@ -436,48 +436,13 @@ def rasterise(ann: Annotations, shape: tuple[int, int],
     return Raster(labels, ignore, warnings, len(regions), len(ignores))
 
 
-def image_beside(path: str | os.PathLike) -> Path | None:
-    """The image a GeoJSON file annotates: ``<stem>.<image or slide ext>`` beside it (for
-    ``<stem>_anno.geojson`` also ``<stem>``'s image), preferring lossless formats; ``None``
-    when there is none."""
-    from glandseg.data.io import IMAGE_EXTS
-    from glandseg.data.slide import SLIDE_EXTS
-
-    path = Path(path)
-    stems = [path.stem]
-    if path.stem.endswith("_anno"):
-        stems.append(path.stem[: -len("_anno")])
-    for stem in stems:
-        for ext in (*IMAGE_EXTS, *SLIDE_EXTS):
-            for cand in (path.with_name(stem + ext), path.with_name(stem + ext.upper())):
-                if cand.is_file():
-                    return cand
-    return None
-
-
-def geojson_shape(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> tuple[int, int]:
-    """``(H, W)`` to rasterise the GeoJSON ``path`` at: ``shape`` when given, else the
-    size of the image beside it (:func:`image_beside`; header only). Raises
-    :class:`GlandsegError` when neither is there."""
-    if shape is not None:
-        if len(shape) != 2 or min(int(shape[0]), int(shape[1])) < 1:
-            raise GlandsegError(f"{path}: shape must be (height, width) > 0, got {shape}")
-        return int(shape[0]), int(shape[1])
-    image = image_beside(path)
-    if image is None:
-        raise GlandsegError(f"{path}: GeoJSON holds no image size and no image "
-                            f"{Path(path).stem}.png/.tif/... is beside it; put the image next "
-                            "to it or pass shape=(height, width)")
-    from glandseg.data.slide import image_pixels
-
-    return image_pixels(image)
-
-
-def read_geojson_label(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> Raster:
-    """Read and rasterise a GeoJSON file at ``shape`` (or its image's size, see
-    :func:`geojson_shape`): a :class:`Raster`."""
-    hw = geojson_shape(path, shape)
-    return rasterise(read_geojson(path), hw)
+def read_geojson_label(path: str | os.PathLike, shape: tuple[int, int]) -> Raster:
+    """Read and rasterise a GeoJSON file at ``shape`` ``(H, W)`` (the image's size;
+    :func:`glandseg.data.io.read_label` finds it from the image beside the file): a
+    :class:`Raster`."""
+    if len(shape) != 2 or min(int(shape[0]), int(shape[1])) < 1:
+        raise GlandsegError(f"{path}: shape must be (height, width) > 0, got {shape}")
+    return rasterise(read_geojson(path), (int(shape[0]), int(shape[1])))
 
 
 def valid_bbox(ignore: np.ndarray | None, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -177,6 +177,13 @@ def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None,
     if Path(path).suffix.lower() == ".geojson":
         from glandseg.data.geojson import read_geojson_label
 
+        if shape is None:
+            image = image_beside(path)
+            if image is None:
+                raise GlandsegError(f"{path}: GeoJSON holds no image size and no image "
+                                    f"{Path(path).stem}.png/.tif/... is beside it; put the "
+                                    "image next to it or pass shape=(height, width)")
+            shape = image_size(image)
         return read_geojson_label(path, shape).labels
     lossy = lossy_label_reason(path)
     if lossy:
@@ -206,6 +213,22 @@ def read_label(path: str | os.PathLike, shape: tuple[int, int] | None = None,
         raise GlandsegError(f"{path}: {what} is {arr.shape[1]}x{arr.shape[0]} (WxH), expected "
                             f"{shape[1]}x{shape[0]}; it belongs to another image")
     return arr.astype(np.int32)
+
+
+def image_beside(path: str | os.PathLike) -> Path | None:
+    """The image an annotation file (a QuPath ``<stem>.geojson``, ``<stem>_anno.*``)
+    belongs to: ``<stem>.<image ext>`` in the same folder, in :data:`IMAGE_EXTS` order;
+    ``None`` when there is none."""
+    path = Path(path)
+    stems = [path.stem]
+    if path.stem.endswith("_anno"):
+        stems.append(path.stem[: -len("_anno")])
+    for stem in stems:
+        for ext in IMAGE_EXTS:
+            for cand in (path.with_name(stem + ext), path.with_name(stem + ext.upper())):
+                if cand.is_file():
+                    return cand
+    return None
 
 
 #: :func:`implausible_label`: a label image whose neighbouring pixels differ this often

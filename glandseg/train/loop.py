@@ -252,11 +252,13 @@ class Trainer:
                                             robust_p=float(t.get("robust_p", 0.5)),
                                             strength=t.get("augment_strength", 1.0)))
         self.train_ds = GlasDataset(self.train_samples, aug, scale=scale, cache=True,
-                                    target_fn=self.task.target_fn, repeats=t["repeats"])
+                                    target_fn=self.task.target_fn, repeats=t["repeats"],
+                                    mpp=self.cfg["preprocess"].get("mpp"))
         self.cfg["train"]["train_images"] = [s.name for s in self.train_samples]
         self.cfg["train"]["val_images"] = [s.name for s in self.val_samples]
         self.save_config()
-        self.val_data = [validation_item(s) for s in self.val_samples]
+        mpp = self.cfg["preprocess"].get("mpp")  # images with another resolution: resampled
+        self.val_data = [validation_item(s, mpp) for s in self.val_samples]
         log.info("training on %d images, validating on %d (patients %s)", len(self.train_samples),
                  len(self.val_samples), sorted({s.patient for s in self.val_samples}, key=str))
 
@@ -360,9 +362,11 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):  # this epoch's order and crops: from (seed, epoch)
             sampler.set_epoch(epoch)
         total = sum(s["epochs"] for s in self.cfg["train"]["stages"])
-        # one bar per epoch over its steps, on a terminal; -q (TQDM_DISABLE) hides it
+        # one bar per epoch over its steps, on a terminal; -q (TQDM_DISABLE=1) hides it (read
+        # here: tqdm itself reads its TQDM_* variables once, when it is imported)
+        quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{total}", unit="step", leave=False,
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=True if quiet else None)
         for batch in bar:
             batch = _to_device(batch, self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):

@@ -176,3 +176,19 @@ def test_tiny_finetune_on_geojson_corrections(tmp_path):
 def test_freeze_encoder_errors_for_networks_without_one():
     with pytest.raises(GlandsegError, match="no encoder to freeze"):
         freeze_encoder(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_images_at_another_resolution_are_resampled_to_the_models(tmp_path):
+    """An image whose metadata says 1.24 µm/px trains and validates at the model's 0.62."""
+    root = tmp_path / "c"
+    root.mkdir()
+    img, lab = synth_pair(32, 40, n_glands=2)
+    dpi = 25400 / 1.2401
+    Image.fromarray(img).save(root / "half.png", dpi=(dpi, dpi))
+    (root / "half.geojson").write_text(json.dumps(to_geojson(lab.astype(np.int32))))
+    s = discover(root)
+    it = GlasDataset(s, mpp=0.62005)[0]
+    assert it["image"].shape[-2:] == (64, 80) and it["labels"].max() == 2
+    assert GlasDataset(s)[0]["image"].shape[-2:] == (32, 40)  # model resolution unknown
+    _, image, truth = validation_item(s[0], 0.62005)
+    assert image.shape[:2] == truth.shape == (64, 80)
