@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from glandseg import GlandsegError
-from glandseg.data.io import as_rgb8
+from glandseg.data.io import as_rgb8, exif_upright, file_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ def _pil_unbounded() -> Iterator[None]:
 
 
 def _is_tiff(path: Path) -> bool:
+    """Whether ``path`` is a regular file that starts with a TIFF/BigTIFF header (a FIFO or
+    device is never opened: reading one would block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError:
@@ -384,8 +389,9 @@ def image_pixels(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of level 0 from the header only (also for images over Pillow's 179 MP
     decompression-bomb limit). Raises :class:`GlandsegError` if unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise GlandsegError(f"{path}: file not found; check the path")
+    why = file_problem(path)
+    if why:
+        raise GlandsegError(f"{path}: {why}")
     if path.suffix.lower() in SLIDE_EXTS and not _is_tiff(path):
         osl = _openslide()
         if osl is None:
@@ -454,8 +460,9 @@ def open_slide(path: str | os.PathLike, max_bytes: int | None = None) -> Slide:
     :data:`MAX_LOAD_FRACTION` of the available RAM). Raises :class:`GlandsegError` (one
     line, naming the file and the fix) for a missing, unreadable or too large file."""
     path = Path(path)
-    if not path.is_file():
-        raise GlandsegError(f"{path}: file not found; check the path")
+    why = file_problem(path)
+    if why:
+        raise GlandsegError(f"{path}: {why}")
     osl = _openslide()
     ext = path.suffix.lower()
     if ext in SLIDE_EXTS and osl is not None:
@@ -492,7 +499,8 @@ def open_slide(path: str | os.PathLike, max_bytes: int | None = None) -> Slide:
     try:
         with _pil_unbounded(), Image.open(path) as im:
             im.load()
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            up = exif_upright(im)  # displayed orientation, as read_image
+            rgb = up if up.mode == "RGB" else up.convert("RGB")
             image = np.asarray(rgb)
     except Exception as exc:
         raise GlandsegError(f"{path}: cannot read the image ({type(exc).__name__}: {exc}); "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from glandseg import GlandsegError
-from glandseg.data.discover import split_of
+from glandseg.data.discover import SPLITS, split_of
 from glandseg.data.io import LABEL_EXTS, implausible_label, read_label
 from glandseg.metrics.glas import ObjectStats, image_stats
 from glandseg.metrics.pixel import bce, count_score, pixel_dice
@@ -195,12 +195,22 @@ def score_pairs(items: Iterable[Item], *, empty_distance: float | None = None,
     return summarize(evaluate_pairs(items, empty_distance=empty_distance, split_gt=split_gt))
 
 
-def find_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """``(stem, prediction path, annotation path)`` for every ``<stem>_anno.*`` of ``gt_dir``.
+#: What ``parts`` of :func:`find_pairs` may name: the GlaS parts (``train_*``,
+#: ``testA_*``, ``testB_*`` stems) and ``other`` (any other stem).
+GT_PARTS = (*SPLITS, "other")
 
-    Predictions are ``<stem>.png``, ``.tif`` or ``.tiff`` in ``pred_dir``. Raises
-    :class:`GlandsegError` for a missing folder, a folder without annotations, or
-    missing predictions (all of them named).
+
+def find_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike,
+               parts: Sequence[str] | None = None) -> list[tuple[str, Path, Path]]:
+    """``(stem, prediction path, annotation path)`` for the ``<stem>_anno.*`` of ``gt_dir``.
+
+    Predictions are ``<stem>.png``, ``.tif`` or ``.tiff`` in ``pred_dir``. ``parts``
+    (of :data:`GT_PARTS`) chooses the annotations scored; by default those of every part
+    that ``pred_dir`` holds at least one prediction of (a GlaS folder's training
+    annotations are left out when only the test images were predicted; what is left out
+    is logged). Every annotation of a scored part needs its prediction. Raises
+    :class:`GlandsegError` for a missing folder, a folder without annotations (of the
+    chosen parts), an unknown part, or missing predictions (all of them named).
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for d, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
@@ -219,6 +229,7 @@ def find_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[t
         raise GlandsegError(
             f"{gt_dir}: no annotations found (expected <stem>_anno.png|.bmp|.tif label images)"
         )
+    annos = _annotations_of_parts(annos, pred_dir, gt_dir, parts)
     pairs, missing = [], []
     for stem in sorted(annos, key=_stem_key):
         found = [pred_dir / f"{stem}{e}" for e in PRED_EXTS if (pred_dir / f"{stem}{e}").is_file()]
@@ -235,6 +246,41 @@ def find_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[t
             + " (expected <stem>.png|.tif|.tiff for every <stem>_anno.* in the truth folder)"
         )
     return pairs
+
+
+def _has_prediction(pred_dir: Path, stem: str) -> bool:
+    return any((pred_dir / f"{stem}{e}").is_file() for e in PRED_EXTS)
+
+
+def _annotations_of_parts(annos: dict[str, Path], pred_dir: Path, gt_dir: Path,
+                          parts: Sequence[str] | None) -> dict[str, Path]:
+    """The annotations of the parts scored (see :func:`find_pairs`)."""
+    by_part: dict[str, list[str]] = {}
+    for stem in annos:
+        by_part.setdefault(split_of(stem), []).append(stem)
+    if parts is not None:
+        unknown = [p for p in parts if p not in GT_PARTS]
+        if unknown or not parts:
+            raise GlandsegError(f"unknown part(s) {', '.join(unknown) or '(none)'}: choose "
+                                f"from {', '.join(GT_PARTS)} (e.g. --parts testA,testB)")
+        absent = [p for p in parts if p not in by_part]
+        if absent:
+            have = ", ".join(f"{p} ({len(by_part[p])})" for p in GT_PARTS if p in by_part)
+            raise GlandsegError(f"{gt_dir}: no annotations of {', '.join(absent)} (it holds "
+                                f"{have})")
+        chosen = list(dict.fromkeys(parts))
+    else:
+        chosen = [p for p in GT_PARTS if p in by_part
+                  and any(_has_prediction(pred_dir, s) for s in by_part[p])]
+        if not chosen:  # nothing predicted at all: every annotation is missing
+            return annos
+        left = [p for p in GT_PARTS if p in by_part and p not in chosen]
+        if left:
+            log.info("scoring %s; not scored, no predictions of them in %s: %s (choose "
+                     "with --parts)",
+                     ", ".join(f"{p} ({len(by_part[p])} images)" for p in chosen), pred_dir,
+                     ", ".join(f"{p} ({len(by_part[p])} annotations)" for p in left))
+    return {s: a for s, a in annos.items() if split_of(s) in chosen}
 
 
 def read_checked(path: Path, what: str) -> np.ndarray:
@@ -264,14 +310,16 @@ def evaluate_dirs(
     *,
     empty_distance: float | None = None,
     split_gt: bool = False,
+    parts: Sequence[str] | None = None,
 ) -> list[ImageResult]:
-    """Per-image results for the annotations of ``gt_dir`` (see :func:`find_pairs`).
+    """Per-image results for the annotations of ``gt_dir`` (see :func:`find_pairs`: by
+    default the parts that ``pred_dir`` has predictions of, else ``parts``).
 
     Label files are 8/16/32-bit (read by :func:`glandseg.data.io.read_label`); images are
     read one pair at a time. Raises :class:`GlandsegError` naming every missing prediction
     or every prediction whose shape differs from its annotation.
     """
-    pairs = find_pairs(pred_dir, gt_dir)
+    pairs = find_pairs(pred_dir, gt_dir, parts)
     bad: list[str] = []
     results = evaluate_pairs(_read_pairs(pairs, bad), empty_distance=empty_distance,
                              split_gt=split_gt)

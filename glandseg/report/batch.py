@@ -38,17 +38,29 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from tqdm import tqdm
 
 from glandseg import GlandsegError, __version__
-from glandseg.data.io import IMAGE_EXTS, read_image, read_mpp, write_text
+from glandseg.data.io import (
+    IMAGE_EXTS,
+    csv_quoting,
+    csv_safe,
+    file_problem,
+    read_image,
+    read_mpp,
+    temp_target,
+    write_text,
+)
 from glandseg.data.slide import SLIDE_EXTS, is_large
+from glandseg.report.grading import GRADES_CSV
 
 if TYPE_CHECKING:  # the predictor is only called, never built, here
     from glandseg.infer.predictor import Predictor
@@ -75,6 +87,13 @@ STATE_DIR = ".glandseg"
 MODES = ("refuse", "overwrite", "skip")
 _NUM_RE = re.compile(r"(\d+)")
 _MAX_LISTED = 5
+#: The whole-image path (images that are not slides) refuses an image that its resolution
+#: would enlarge more than this to reach the model's (a wrong ``--input-mpp``, or too
+#: little detail for the model: a 32x32 px image at 100 µm/px would become 5160² px) ...
+MAX_UPSCALE = 8.0
+#: ... or that would exceed this many pixels at the model's resolution (a tiled pyramidal
+#: TIFF of it goes the slide path, by region).
+MAX_MODEL_PIXELS = 64_000_000
 
 
 def output_names(stem: str, slide: bool = False) -> list[str]:
@@ -173,7 +192,9 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
     A folder gives its images, leaving out annotations (``*_anno``), overlays
     (``*_overlay``), hidden files and the outputs glandseg wrote there (:func:`our_files`).
-    Raises :class:`GlandsegError` if an input matches nothing.
+    Raises :class:`GlandsegError` if an input matches nothing, or if a named (or matched)
+    file is not a readable regular file: a broken symbolic link, a link loop, a FIFO or
+    another special file (all of them named; a FIFO would block the run forever).
     """
     out: list[Path] = []
     for spec in inputs:
@@ -189,13 +210,16 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             if not found:
                 raise GlandsegError(f"{p}: no images in this folder ({', '.join(IMAGE_EXTS)})")
             out += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             matches = sorted(Path(m) for m in glob.glob(spec))
             if not matches:
                 raise GlandsegError(f"{spec}: no such file, folder or matching pattern")
-            out += [m for m in matches if m.is_file()]
+            out += [m for m in matches if not m.is_dir()]
+    bad = [f"{p}: {why}" for p in out if (why := file_problem(p))]
+    if bad:
+        raise GlandsegError("input(s) that are not image files: " + _listed(bad))
     seen: dict[Path, Path] = {}
     for p in out:
         seen.setdefault(p.resolve(), Path(os.path.abspath(p)))
@@ -266,6 +290,97 @@ def _prepare_out(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def check_writable(out: Path) -> None:
+    """Raise :class:`GlandsegError` (one line, naming the folder) unless files can be created
+    in ``out`` (and its ``.glandseg`` records folders), or, when ``out`` does not exist yet,
+    in its nearest existing parent. Cheap (``os.access``): run it before loading a model.
+    As root, permissions always pass (a read-only file system still fails)."""
+    base = next((p for p in (out, *out.parents) if p.exists()), None)
+    if base is None:
+        return
+    folders = [base]
+    if base == out:
+        folders += [d for d in (out / STATE_DIR, _records_dir(out)) if d.is_dir()]
+    for d in folders:
+        if not os.access(d, os.W_OK | os.X_OK):
+            what = ("--out" if d == out else "glandseg's records in --out" if out in d.parents
+                    else f"the nearest existing parent of --out {out}")
+            raise GlandsegError(f"{d} ({what}) is not writable (read-only or no permission): "
+                                "fix its permissions or choose another --out")
+
+
+def clean_stale_temps(out: Path, started: float) -> list[Path]:
+    """Delete temporary files that a killed glandseg run left in ``out`` and return them.
+
+    Only regular files named as :func:`glandseg.data.io.atomic_path` names them, for a file
+    glandseg writes there (an output or joined file that its records claim, ``grades.csv``,
+    or a record in ``.glandseg/``), and last modified before ``started`` (this run's start,
+    ``time.time()``). The caller holds the folder lock, under which every glandseg run
+    writes those files, so none of them is being written."""
+    def top(name: str) -> bool:
+        return name in ours or name == GRADES_CSV
+
+    def record(name: str) -> bool:
+        return name.endswith(".json")
+
+    ours = our_files(out)
+    removed = []
+    for folder, wanted in ((out, top), (out / STATE_DIR, record), (_records_dir(out), record)):
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            target = temp_target(f.name)
+            if target is None or not wanted(target):
+                continue
+            st = _stat_nofollow(f)
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_mtime >= started:
+                continue
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def _stat_nofollow(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except OSError:
+        return None
+
+
+def check_scale(predictor: Any, path: Path, shape: tuple[int, int], mpp: float) -> None:
+    """Refuse (:class:`GlandsegError` naming the file and the resolution) an image of
+    ``shape = (H, W)`` px at ``mpp`` µm/px that the whole-image path would enlarge more than
+    :data:`MAX_UPSCALE` times, or to more than :data:`MAX_MODEL_PIXELS`, at the model's
+    resolution. A predictor without ``zoom``/``mpp`` (no resolution) passes."""
+    zoom_of, model_mpp = getattr(predictor, "zoom", None), getattr(predictor, "mpp", None)
+    if zoom_of is None or model_mpp is None:
+        return
+    zoom = float(zoom_of(mpp))
+    h, w = shape
+    mh, mw = max(1, round(h * zoom)), max(1, round(w * zoom))
+    at = (f"{path}: at {mpp:g} µm/px this {w}x{h} px image is {mw}x{mh} px at the model's "
+          f"{model_mpp:g} µm/px")
+    if zoom > MAX_UPSCALE:
+        raise GlandsegError(f"{at}, enlarged {zoom:.3g}x (at most {MAX_UPSCALE:g}x: it holds "
+                            "too little detail for the model); check --input-mpp (e.g. 0.25 "
+                            "for a 40x scan) or the resolution in the file's metadata")
+    if mh * mw > MAX_MODEL_PIXELS:
+        raise GlandsegError(f"{at} ({mh * mw / 1e6:.0f} MP, over the "
+                            f"{MAX_MODEL_PIXELS / 1e6:g} MP of the whole-image path); check "
+                            "--input-mpp, or convert it to a tiled pyramidal TIFF (`vips "
+                            "tiffsave IN OUT.tif --tile --pyramid`), which goes the slide path")
+
+
+def count_glands(labels: np.ndarray) -> int:
+    """Glands in a label image ``(H, W)`` (0 = background): the ids present, which is what
+    ``glands.csv`` gets a row for (ids may have gaps, so not ``labels.max()``)."""
+    labels = np.asarray(labels)
+    if not labels.size:
+        return 0
+    return int(np.count_nonzero(np.bincount(labels.ravel().astype(np.int64))[1:]))
+
+
 def _stat(path: Path) -> os.stat_result | None:
     try:
         return path.stat()
@@ -290,6 +405,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     out = _prepare_out(out_dir)
+    check_writable(out)
     stems = [p.stem for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
@@ -351,6 +467,8 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
     :func:`plan_outputs`): raises :class:`GlandsegError` for files glandseg did not write,
     or for outputs of ours that appeared meanwhile with ``mode="refuse"``. Returns
     ``False`` (nothing written) with ``mode="skip"`` when complete outputs appeared.
+    An ``OSError`` while writing (a full disk) is raised after the image's outputs and
+    record are removed, so the image is absent, never half-written.
     """
     from glandseg.report.outputs import format_rows, write_outputs
 
@@ -372,20 +490,26 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
                                "files": {n: None for n in names}, "rows": [],
                                "glandseg": __version__}
         _write_record(out, stem, rec)
-        if slide is not None:
-            from glandseg.report.slide import write_slide_outputs
+        try:
+            if slide is not None:
+                from glandseg.report.slide import write_slide_outputs
 
-            rows = write_slide_outputs(out, stem, slide, mpp)
-        else:
-            props = None if grade is None else {"grade": grade.grade,
-                                                "grade_probability": round(grade.probability, 4)}
-            rows = write_outputs(out, stem, image, labels, mpp, properties=props)
-            if props:
-                rec["grade"] = props
-        rec.update(state="done", files={n: _file_id(out / n) for n in names},
-                   rows=format_rows(rows),
-                   written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_record(out, stem, rec)
+                rows = write_slide_outputs(out, stem, slide, mpp)
+            else:
+                props = None if grade is None else {
+                    "grade": grade.grade, "grade_probability": round(grade.probability, 4)}
+                rows = write_outputs(out, stem, image, labels, mpp, properties=props)
+                if props:
+                    rec["grade"] = props
+            rec.update(state="done", files={n: _file_id(out / n) for n in names},
+                       rows=format_rows(rows),
+                       written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            _write_record(out, stem, rec)
+        except OSError:
+            for path in [*(out / n for n in names), _record_path(out, stem)]:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            raise
     return True
 
 
@@ -444,16 +568,24 @@ def image_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def images_csv(images: Sequence[dict[str, Any]]) -> str:
-    """``images.csv``: ``image, n_glands, grade, grade_probability`` per image."""
+    """``images.csv``: ``image, n_glands, grade, grade_probability`` per image (an image
+    name that a spreadsheet would read as a formula is prefixed with ``'``:
+    :func:`glandseg.data.io.csv_safe`)."""
     import csv
     import io
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\n", quoting=csv_quoting(im["image"] for im in images))
     w.writerow(["image", "n_glands", "grade", "grade_probability"])
     for im in images:
-        w.writerow([im["image"], im["n_glands"], im["grade"], im["grade_probability"]])
+        w.writerow([csv_safe(im["image"]), im["n_glands"], im["grade"], im["grade_probability"]])
     return buf.getvalue()
+
+
+def failure_line(path: str, why: str) -> str:
+    """``failed: PATH: WHY`` for a failed input, naming the path once (most errors start
+    with it already)."""
+    return f"failed: {why}" if why.startswith(f"{path}:") else f"failed: {path}: {why}"
 
 
 @dataclass
@@ -513,33 +645,60 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     ``grader``: an :class:`glandseg.grade.engine.ImageGrader` to grade each image (not
     whole slides), or ``None``.
     Raises :class:`GlandsegError` before writing anything if the run would overwrite an
-    input or a file glandseg did not write (:func:`plan_outputs`).
+    input or a file glandseg did not write (:func:`plan_outputs`). An image that its
+    resolution would enlarge too much is a failed input (:func:`check_scale`). When writing
+    fails (``OSError``: a full disk, a folder made read-only) the batch stops, the images
+    finished so far are joined into ``glands.csv`` / ``images.csv``, nothing is left
+    half-written (:func:`commit_image`) and a one-line :class:`GlandsegError` names the
+    folder. Temporary files of a killed earlier run are removed at the start
+    (:func:`clean_stale_temps`).
     """
+    started = time.time()
     todo, skipped = plan_outputs(paths, out_dir, mode)
     out = _prepare_out(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out):
+            stale = clean_stale_temps(out, started)
     except OSError as exc:
-        raise GlandsegError(f"{out}: cannot create the output folder ({exc})") from exc
+        raise GlandsegError(f"{out}: cannot write into the output folder "
+                            f"({exc.strerror or exc}); choose another --out") from exc
+    if stale:
+        log.info("removed %d temporary file(s) of an interrupted earlier run from %s",
+                 len(stale), out)
     report = PredictReport(n_skipped=len(skipped))
     if skipped:
         log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
-    for path in tqdm(todo, desc="predict", unit="img", disable=None if progress else True):
+    write_error: tuple[Path, OSError] | None = None
+    n_left = 0
+    bar = tqdm(todo, desc="predict", unit="img", disable=None if progress else True)
+    for i, path in enumerate(bar):
         try:
             if is_large(path):
-                n = _predict_slide(out, path, predictor, mpp, mode, progress, client)
+                try:
+                    n = _predict_slide(out, path, predictor, mpp, mode, progress, client)
+                except OSError as exc:
+                    write_error, n_left = (path, exc), len(todo) - i
+                    break
                 report.n_skipped += n is None
                 report.n_ok += n is not None
                 report.n_glands += n or 0
                 continue
             image = read_image(path)
             mpp_i = input_resolution(predictor, path, mpp)
+            check_scale(predictor, path, image.shape[:2], mpp_i)
             if hasattr(predictor, "resolution_of"):
                 labels = predictor.predict(image, mpp=mpp_i)
             else:
                 labels = predictor.predict(image)
             grade = _grade(grader, predictor, path, image, labels)
-            if not commit_image(out, path.stem, path, image, labels, mpp_i, mode, grade=grade):
+            try:
+                done = commit_image(out, path.stem, path, image, labels, mpp_i, mode,
+                                    grade=grade)
+            except OSError as exc:
+                write_error, n_left = (path, exc), len(todo) - i
+                break
+            if not done:
                 report.n_skipped += 1
                 continue
         except GlandsegError as exc:
@@ -547,9 +706,23 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
             report.failed.append((str(path), str(exc)))
             continue
         report.n_ok += 1
-        report.n_glands += int(labels.max()) if labels.size else 0
-    report.n_rows = join_glands_csv(out)
-    return report
+        report.n_glands += count_glands(labels)
+    try:
+        report.n_rows = join_glands_csv(out)
+        joined = None
+    except OSError as exc:
+        joined = exc
+    if write_error is None and joined is None:
+        return report
+    path, exc = write_error or (None, joined)
+    where = f" at {path.name}" if path is not None else f" writing {CSV_NAME}"
+    kept = (f"{report.n_ok} image(s) of this run finished and are in {CSV_NAME}"
+            if joined is None else
+            f"{report.n_ok} image(s) of this run finished ({CSV_NAME} not rebuilt)")
+    failed = f", {len(report.failed)} failed" if report.failed else ""
+    raise GlandsegError(f"{out}: cannot write ({exc.strerror or exc}){where}; stopped: {kept}"
+                        f", {n_left} not done{failed}; free space (or fix the folder) and run "
+                        "again with --skip-existing") from exc
 
 
 def _grade(grader, predictor, path: Path, image, labels):

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,13 @@ if(location.hash.indexOf('#view=')===0){openView(decodeURIComponent(location.has
 
 def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
+
+
+def href(path: Any) -> str:
+    """An inert relative URL of a file beside the page, for ``href``/``src`` attributes:
+    ``./`` + the percent-encoded path (``/`` kept), so no file name can become a
+    ``javascript:`` (or any other scheme's) link, a query or a fragment; HTML-escaped."""
+    return _e("./" + urllib.parse.quote(str(path).removeprefix("./"), safe="/"))
 
 
 def _num(v: Any) -> float:
@@ -341,7 +349,7 @@ def per_image_rows(out: Path, grades: bool = True) -> list[dict[str, Any]]:
         g = grades_.get(stem, {})
         d["grade_truth"] = g.get("truth", "")
         d["grade"] = g.get("grade", "")
-        d["grade_probability"] = g.get("probability", "")
+        d["grade_probability"] = g.get("grade_probability", g.get("probability", ""))
         view = _read_json(out / "errors" / f"{stem}.json")
         d["view"] = view if isinstance(view, dict) else None
         rows.append(d)
@@ -356,8 +364,8 @@ def _per_image_section(rows: list[dict[str, Any]]) -> tuple[str, dict]:
         v = r["view"]
         if v:
             views[stem] = v
-            thumb = (f'<a class="view" data-stem="{_e(stem)}" href="{_e(v["image"])}">'
-                     f'<img loading="lazy" src="{_e(v["thumb"])}" alt="{_e(stem)} errors"></a>')
+            thumb = (f'<a class="view" data-stem="{_e(stem)}" href="{href(v["image"])}">'
+                     f'<img loading="lazy" src="{href(v["thumb"])}" alt="{_e(stem)} errors"></a>')
             counts = v.get("counts", {})
         else:
             thumb, counts = "", {}
@@ -425,20 +433,22 @@ def write_report(out: str | Path, title: str | None = None, grades: bool = True)
 
 def index_html(images: Sequence[Mapping[str, Any]], title: str = "glandseg predictions") -> str:
     """A gallery page of ``predict``'s outputs. ``images``: one mapping per image with
-    ``image`` (stem), ``n_glands``, ``grade`` / ``grade_probability`` (may be empty) and
-    ``files`` (output file names, the overlay among them)."""
+    ``image`` (stem), ``n_glands``, ``grade`` / ``grade_probability`` (P(malignant); may
+    be empty) and ``files`` (output file names, the overlay among them). Every link is
+    relative and inert whatever the file names (:func:`href`)."""
     cards = []
     for im in images:
         stem = str(im.get("image", ""))
         files = [str(f) for f in im.get("files", [])]
         overlay = next((f for f in files if f.endswith("_overlay.png")), None)
-        img = (f'<a href="{_e(overlay)}"><img loading="lazy" src="{_e(overlay)}" '
+        img = (f'<a href="{href(overlay)}"><img loading="lazy" src="{href(overlay)}" '
                f'alt="{_e(stem)} overlay"></a>' if overlay else "")
         grade = str(im.get("grade") or "")
         p = _num(im.get("grade_probability"))
         gtag = (f' <span class="tag {_e(grade)}">{_e(grade)}'
-                + ("" if math.isnan(p) else f" p={p:.2f}") + "</span>") if grade else ""
-        links = " · ".join(f'<a href="{_e(f)}">{_e(f.removeprefix(stem) or f)}</a>'
+                + ("" if math.isnan(p) else f", P(malignant) {p:.2f}") + "</span>"
+                ) if grade else ""
+        links = " · ".join(f'<a href="{href(f)}">{_e(f.removeprefix(stem) or f)}</a>'
                            for f in files)
         cards.append(f'<div class="card" id="img-{_e(stem)}">{img}<div><b>{_e(stem)}</b>: '
                      f'{_e(im.get("n_glands", ""))} glands{gtag}</div><div>{links}</div></div>')
@@ -446,6 +456,6 @@ def index_html(images: Sequence[Mapping[str, Any]], title: str = "glandseg predi
     n_glands = sum(int(_num(im.get("n_glands")) or 0) for im in images
                    if not math.isnan(_num(im.get("n_glands"))))
     head = (f"<h1>{_e(title)}</h1><p class=\"meta\">{n} images · {n_glands} glands · "
-            f'<a href="glands.csv">glands.csv</a> · <a href="images.csv">images.csv</a> · '
+            f'<a href="./glands.csv">glands.csv</a> · <a href="./images.csv">images.csv</a> · '
             f"glandseg {_e(__version__)}</p>")
     return _page(title, head + f'<div class="gallery">{"".join(cards)}</div>')

@@ -322,8 +322,8 @@ def test_grade_cli_writes_grades_csv_and_never_overwrites(tiny_run: Path, tmp_pa
                  "--device", "cpu"]) == 0
     rows = list(csv.DictReader((out / "grades.csv").open()))
     assert [r["image"] for r in rows] == ["img_0", "img_1"]
-    assert all(r["grade"] in ("benign", "malignant") and 0 <= float(r["probability"]) <= 1
-               for r in rows)
+    assert all(r["grade"] in ("benign", "malignant")
+               and 0 <= float(r["grade_probability"]) <= 1 for r in rows)
     assert "graded 2 image(s)" in capsys.readouterr().out
     # ours: refused without --overwrite, replaced with it
     assert main(["-q", "grade", str(imgs[0]), "--out", str(out), "--grader", str(grader)]) == 1
@@ -359,7 +359,7 @@ def test_predict_adds_grades_to_geojson_images_csv_and_index(tiny_run: Path,
     page = parse_html((out / "index.html").read_text())
     assert len(page.elements("div", "card")) == 3
     assert {s for s in page.srcs if s.endswith("_overlay.png")} == {
-        f"img_{i}_overlay.png" for i in range(3)}
+        f"./img_{i}_overlay.png" for i in range(3)}
     # an images.csv that glandseg did not write stops the next run before anything
     (out / "images.csv").write_text("hand-made\n")
     assert main(["-q", "predict", str(imgs[0]), "--out", str(out / "x"), "--model",

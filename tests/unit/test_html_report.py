@@ -170,7 +170,7 @@ def _evaluation_folder(root: Path, n_a: int = 3, n_b: int = 2) -> Path:
             write_error_outputs(out / "errors", stem, img, pr, split_gt_components(gt))
             truth = "malignant" if i % 2 else "benign"
             grades.append({"image": stem, "part": part, "truth": truth, "grade": "malignant",
-                           "probability": f"{0.4 + 0.1 * i:.6f}", "correct": ""})
+                           "grade_probability": f"{0.4 + 0.1 * i:.6f}", "correct": ""})
     _write_metrics(results, "ours", out, "", None)
     _write_metrics(split_results, "ours", out, "_split_gt", None)
     with (out / "grades.csv").open("w", newline="") as f:
@@ -180,7 +180,8 @@ def _evaluation_folder(root: Path, n_a: int = 3, n_b: int = 2) -> Path:
     from glandseg.grade.classifier import binary_metrics
 
     parts = {p: binary_metrics([g["truth"] for g in grades if g["part"] == p],
-                               [float(g["probability"]) for g in grades if g["part"] == p])
+                               [float(g["grade_probability"]) for g in grades
+                                if g["part"] == p])
              for p in ("testA", "testB")}
     (out / "grading.json").write_text(json.dumps({"grader": {"feature_set": "both"},
                                                   "parts": parts}))
@@ -204,7 +205,7 @@ def test_report_html_structure(tmp_path: Path) -> None:
     for ref in page.srcs + [h for h in page.hrefs if not h.startswith("#")]:
         assert not ref.startswith(("http:", "https:", "//")), ref
         assert (out / ref).is_file(), ref
-    thumbs = [s for s in page.srcs if s.startswith("errors/thumbs/")]
+    thumbs = [s for s in page.srcs if s.startswith("./errors/thumbs/")]
     assert len(thumbs) == 5
     views = json.loads(next(t for a, t in page.scripts if a.get("id") == "views"))
     assert set(views) == {r["id"].removeprefix("row-") for r in rows}
@@ -227,7 +228,9 @@ def test_index_html_gallery() -> None:
     assert not page.errors
     assert len(page.elements("div", "card")) == 3
     assert len(page.elements("span", "tag")) == 2
-    assert {"im0.geojson", "im2_overlay.png", "glands.csv", "images.csv"} <= set(page.hrefs)
+    assert {"./im0.geojson", "./im2_overlay.png", "./glands.csv", "./images.csv"} <= set(
+        page.hrefs)
+    assert "benign, P(malignant) 0.10" in index_html(images)
 
 
 # ------------------------------------------------------------------ headless Chromium
