@@ -163,16 +163,23 @@ def _stub_predictor():
 def child(spec: dict) -> dict:
     import shutil
 
-    import torch
-
     from glandseg.data.slide import open_slide
     from glandseg.infer.predictor import Predictor
     from glandseg.infer.slide import SlideConfig, predict_slide
     from glandseg.report.slide import write_slide_outputs
 
-    torch.set_num_threads(spec["threads"])
-    pred = (_stub_predictor() if spec["model"] == "stub"  # --deblur auto, as `predict` runs
-            else Predictor.from_name(spec["model"], device="cpu", deblur="auto"))
+    backend = spec.get("backend")
+    if spec["model"] == "stub" or backend in (None, "torch"):
+        import torch  # the ONNX backend runs without it (and its memory)
+
+        torch.set_num_threads(spec["threads"])
+    if spec["model"] == "stub":
+        pred = _stub_predictor()
+    elif backend is None:  # the code before the backends (--code of an older commit)
+        pred = Predictor.from_name(spec["model"], device="cpu", deblur="auto")
+    else:  # --deblur auto, as `predict` runs
+        pred = Predictor.from_name(spec["model"], device="cpu", deblur="auto", backend=backend,
+                                   threads=spec["threads"])
     work = Path(spec["work"])
     shutil.rmtree(work, ignore_errors=True)
     rss_model = _kib("VmRSS") / 1024
@@ -190,6 +197,8 @@ def child(spec: dict) -> dict:
     tissue = st.tissue_mp
     return {
         "model": spec["model"], "size": spec["size"], "threads": spec["threads"],
+        "backend": getattr(getattr(pred, "backend", None), "name", "torch (code before backends)"),
+        "code": spec.get("code") or "this checkout",
         "frame": list(st.frame), "windows": st.windows, "active_windows": st.active,
         "tissue_mp": round(tissue, 2), "glands": len(rows),
         "rss_model_mib": round(rss_model, 1), "peak_rss_predict_mib": round(peak_predict, 1),
@@ -208,7 +217,10 @@ def child(spec: dict) -> dict:
 
 def run_child(spec: dict) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ)
+    if spec.get("code"):  # run another checkout's glandseg (e.g. a git worktree of an old commit)
+        env["PYTHONPATH"] = spec["code"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if out.returncode != 0:
         raise SystemExit(f"child failed ({spec['size']}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -223,6 +235,15 @@ def main() -> None:
     ap.add_argument("--glas", type=Path, default=DEFAULT_GLAS)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/glandseg_bench_slides"))
     ap.add_argument("--name", default=None, help="results file suffix (default: the model)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"),
+                    help="network backend of a real model (auto: onnx on the CPU)")
+    ap.add_argument("--code", default=None, metavar="DIR",
+                    help="run the slides with the glandseg of another checkout, e.g. a git "
+                         "worktree of an older commit (its own backend; --backend ignored)")
+    ap.add_argument("--baseline-code", default=None, metavar="DIR",
+                    help="after each slide, run it again with the glandseg of DIR (e.g. a git "
+                         "worktree of the commit before the ONNX backend) and report the ratio "
+                         "of wall time and peak RSS in this run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -238,11 +259,20 @@ def main() -> None:
         print(f"slide {n}²: {info['bytes'] / 2**20:.0f} MiB, built in {info['build_s']} s",
               flush=True)
         spec = {"slide": str(path), "size": n, "model": args.model, "threads": args.threads,
-                "work": str(args.cache / f"work_{n}")}
+                "work": str(args.cache / f"work_{n}"), "code": args.code,
+                "backend": None if args.code else args.backend}
         r = run_child(spec)
         r["slide"] = info
         r["load_1min_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(r), flush=True)
+        if args.baseline_code:
+            base = run_child(spec | {"code": args.baseline_code, "backend": None})
+            base["load_1min_after"] = round(os.getloadavg()[0], 2)
+            r["baseline"] = base
+            r["baseline_over_this"] = {
+                k: round(base[k] / r[k], 2) for k in ("total_s", "predict_s", "outputs_s",
+                                                      "cpu_total_s", "peak_rss_mib") if r[k]}
+            print(json.dumps(r["baseline_over_this"]), flush=True)
         results.append(r)
     if len(results) > 1:
         a, b = results[0], results[-1]
