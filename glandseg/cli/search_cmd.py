@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from glandseg.cli import float_in, int_in
 from glandseg.cli.train_cmd import DefaultsHelpFormatter
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from glandseg.search import require_optuna
 
     require_optuna()
+    if getattr(args, "quiet", False):  # -q: no training progress bars in the trials
+        os.environ["TQDM_DISABLE"] = "1"
     from glandseg.search.outputs import best_trial
     from glandseg.search.study import SearchConfig, open_study, run_search, search_space
 

@@ -321,7 +321,8 @@ class Trainer:
         """The stage's training loader. Epoch ``e`` shuffles and augments from ``(seed, e)``
         alone (:mod:`glandseg.train.seeding`: one seed per crop, set in whichever worker
         builds it), so a resumed run draws what an uninterrupted one does, with any number
-        of workers; ``generator`` only feeds the DataLoader's own (unused) worker seeds."""
+        of workers; ``generator`` only feeds the DataLoader's own worker seeds, which no
+        draw uses, so it is not part of the committed state."""
         t = self.cfg["train"]
         return DataLoader(
             SeededItems(self.train_ds), batch_size=stage["batch_size"], drop_last=True,
@@ -424,8 +425,7 @@ class Trainer:
             self.commit = runstate.commit_epoch(
                 self.run, self.model, self.optimizer, self.scheduler, self.scaler,
                 epoch=epoch + 1, stage=stage_i, history=self.history, elapsed=self.elapsed(),
-                best=self.best, improved=improved, previous=self.commit,
-                generator=self.loader.generator)
+                best=self.best, improved=improved, previous=self.commit)
             self._write_logs()
         log.info("epoch %d: loss %.4f | val F1 %.3f Dice %.3f Hausdorff %.1f%s", epoch + 1,
                  row["train_loss"], row["val_f1"], row["val_object_dice"],
@@ -549,10 +549,10 @@ class Trainer:
                 continue
             self.setup_stage(stage)
             if restore:  # once, at the first stage run: RNG always, the rest if mid-stage
+                # (the data need no state: epoch e draws from (seed, e), see make_loader)
                 mid = si == start_stage and start_epoch > epoch_base
                 runstate.restore_state(self.commit, self.optimizer if mid else None,
-                                       self.scheduler if mid else None, self.scaler,
-                                       self.loader.generator if mid else None)
+                                       self.scheduler if mid else None, self.scaler)
                 restore = False
             if self._run_stage(si, stage, epoch_base, start_epoch, budget):
                 break
