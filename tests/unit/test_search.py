@@ -19,7 +19,7 @@ import torch
 
 from glandseg import GlandsegError
 from glandseg.search.space import SearchSpace, default_space, load_space
-from glandseg.search.study import SearchConfig, open_study, run_search
+from glandseg.search.study import SearchConfig, open_study, run_search, search_space
 from glandseg.train.loop import Trainer
 from glandseg.train.params import load_params
 from tests.conftest import make_glas_folder
@@ -123,6 +123,45 @@ def test_narrowed_around_best() -> None:
     assert n["lr"].low == pytest.approx(10 ** -3.25) and n["lr"].high == pytest.approx(10 ** -2.75)
     assert (n["augment_strength"].low, n["augment_strength"].high) == (1.65, 2.0)  # clipped
     assert n["batch_size"].choices == (2, 4, 8) and n["encoder"].choices == ("lite2",)
+
+
+def test_capped_lowers_values_above_the_limit() -> None:
+    space = SearchSpace.from_dict("unet", {
+        "batch_size": {"choices": [4, 8, 16]}, "epochs": {"low": 2, "high": 30},
+        "lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    by = {p.name: p for p in space.capped("batch_size", 6).params}
+    assert by["batch_size"].choices == (4, 6)
+    assert space.capped("batch_size", 2).lowest("batch_size") == 2
+    assert {p.name: p for p in space.capped("batch_size", 2).params}["batch_size"].choices == (2,)
+    assert space.capped("batch_size", 16) == space  # nothing above: unchanged
+    by = {p.name: p for p in space.capped("epochs", 10).params}
+    assert (by["epochs"].kind, by["epochs"].low, by["epochs"].high) == ("int", 2, 10)
+    fixed = SearchSpace.from_dict("unet", {"batch_size": 8}).capped("batch_size", 3)
+    assert fixed.params[0].fixed == 3 and fixed.lowest("lr") is None
+
+
+def test_search_on_four_images_fits_the_batch_sizes(tmp_path: Path, fast,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """4 images of 2 patients: 2 train, 1 repeat, so 2 crops an epoch. The default batch
+    sizes (4, 8, 16) would each fail every trial; lowered to 2, every trial completes."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="glandseg")
+    four = make_glas_folder(tmp_path / "four", names=[f"train_{i}" for i in range(1, 5)],
+                            ext=".png", size=(32, 32), n_glands=2)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"batch_size": {"choices": [4, 8, 16]},
+                                 "crop": {"choices": [32]}}))
+    cfg = tiny(four, tmp_path / "study", trials=2, epochs=1, space=str(space))
+    c = run_search(cfg)
+    assert (c.complete, c.failed) == (2, 0)
+    trials = open_study(cfg, search_space(cfg)).get_trials()  # the space fitted to the data
+    assert [t.params["batch_size"] for t in trials] == [2, 2]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    said = [r.getMessage() for r in caplog.records if "lowered" in r.getMessage()]
+    assert said == ["batch sizes of the search space lowered to at most 2, the training crops "
+                    "of an epoch (2 images x 1 repeats)"]  # by the search, once; no trial had to
+    assert json.loads((tmp_path / "study" / "best.json").read_text())["train"]["batch_size"] == 2
 
 
 def test_train_params_mapping() -> None:
