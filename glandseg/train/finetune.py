@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import types
+from pathlib import Path
 
 from torch import nn
 
@@ -53,6 +54,7 @@ def training_samples(data: str) -> list[Sample]:
     folder of corrected predictions); images without annotation are left out (said once).
     Raises :class:`GlandsegError` when there is nothing annotated."""
     samples = discover(data)
+    refuse_slides(Path(data), samples)
     train = [s for s in samples if s.split == "train"]
     if train:
         return train
@@ -66,6 +68,25 @@ def training_samples(data: str) -> list[Sample]:
         log.info("%d of %d images have no annotation and are left out of training",
                  len(other) - len(annotated), len(other))
     return annotated
+
+
+def refuse_slides(root: Path, samples: list[Sample]) -> None:
+    """A one-line error when annotations belong to whole slides (a slide format beside a
+    ``<stem>.geojson``, or a large/pyramidal image): training reads whole images, and
+    reading only the ``Region*`` boxes of a slide is not supported yet."""
+    from glandseg.data.slide import SLIDE_EXTS, is_large
+
+    fix = ("whole-slide GeoJSON training is not supported yet: export each Region* as an "
+           "image with its annotations (QuPath: Export images > original pixels, cropped to "
+           "the region, and its objects as GeoJSON), or crop it with glandseg's slide reader")
+    for s in samples:
+        if s.anno is not None and is_large(s.image):
+            raise GlandsegError(f"{s.image}: a whole slide or large image; {fix}")
+    for gj in [*root.glob("*.geojson"), *root.glob("*/*.geojson")]:
+        for ext in SLIDE_EXTS:
+            slide = gj.with_name(gj.stem.removesuffix("_anno") + ext)
+            if slide.is_file():
+                raise GlandsegError(f"{gj}: annotates the slide {slide.name}; {fix}")
 
 
 def apply_small_set(train: dict, n_images: int, defaults: dict) -> list[str]:

@@ -192,3 +192,15 @@ def test_images_at_another_resolution_are_resampled_to_the_models(tmp_path):
     assert GlasDataset(s)[0]["image"].shape[-2:] == (32, 40)  # model resolution unknown
     _, image, truth = validation_item(s[0], 0.62005)
     assert image.shape[:2] == truth.shape == (64, 80)
+
+
+def test_whole_slide_geojson_is_refused_clearly(tmp_path):
+    from glandseg.train.finetune import training_samples
+
+    root = make_corrections(tmp_path / "c", 1)
+    (root / "big.svs").write_bytes(b"not really a slide")
+    (root / "big.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                  "features": [region(0, 0, 500, 500)]}))
+    with pytest.raises(GlandsegError, match="big.geojson: annotates the slide big.svs; "
+                                            "whole-slide GeoJSON training is not supported yet"):
+        training_samples(str(root))
