@@ -60,6 +60,7 @@ from glandseg.data.io import (
     write_text,
 )
 from glandseg.data.slide import SLIDE_EXTS, is_large
+from glandseg.metrics.uncertainty import uncertainty
 from glandseg.report.grading import GRADES_CSV
 
 if TYPE_CHECKING:  # the predictor is only called, never built, here
@@ -456,13 +457,15 @@ def _write_record(out: Path, stem: str, rec: dict[str, Any]) -> None:
 
 def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLike, image,
                  labels, mpp: float | None, mode: str = "refuse", slide=None,
-                 grade=None) -> bool:
+                 grade=None, uncertainty: float | None = None) -> bool:
     """Write one image's outputs and its record under the folder lock.
 
     ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background; or
     ``slide``: a :class:`glandseg.infer.slide.SlideLabels` (``image``/``labels`` unused),
     written by :func:`glandseg.report.slide.write_slide_outputs`. ``grade``: the image's
     :class:`glandseg.grade.engine.Grade` (GeoJSON properties, the record, ``images.csv``).
+    ``uncertainty``: the image's :func:`glandseg.metrics.uncertainty.uncertainty` (0-1; the
+    record, ``images.csv``, the order of ``index.html``), ``None`` when not computed.
     Re-checks the image's outputs under the lock (another run may have written them since
     :func:`plan_outputs`): raises :class:`GlandsegError` for files glandseg did not write,
     or for outputs of ours that appeared meanwhile with ``mode="refuse"``. Returns
@@ -501,6 +504,8 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
                 rows = write_outputs(out, stem, image, labels, mpp, properties=props)
                 if props:
                     rec["grade"] = props
+                if uncertainty is not None:
+                    rec["uncertainty"] = round(float(uncertainty), 4)
             rec.update(state="done", files={n: _file_id(out / n) for n in names},
                        rows=format_rows(rows),
                        written=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -560,25 +565,30 @@ def write_joined(out: Path, name: str, text: str) -> None:
 
 def image_row(rec: dict[str, Any]) -> dict[str, Any]:
     """One image of a record: ``image``, ``n_glands``, ``grade``, ``grade_probability``
-    (empty without a grade) and ``files`` (its output names)."""
+    (empty without a grade), ``uncertainty`` (empty when not computed: instance models,
+    whole slides, older records) and ``files`` (its output names)."""
     g = rec.get("grade") if isinstance(rec.get("grade"), dict) else {}
+    unc = rec.get("uncertainty")
     return {"image": str(rec.get("image", "")), "n_glands": len(rec.get("rows", [])),
             "grade": g.get("grade", ""), "grade_probability": g.get("grade_probability", ""),
+            "uncertainty": unc if isinstance(unc, int | float) else "",
             "files": list(rec.get("files", {}))}
 
 
 def images_csv(images: Sequence[dict[str, Any]]) -> str:
-    """``images.csv``: ``image, n_glands, grade, grade_probability`` per image (an image
-    name that a spreadsheet would read as a formula is prefixed with ``'``:
+    """``images.csv``: ``image, n_glands, grade, grade_probability, uncertainty`` per image
+    (uncertainty: :func:`glandseg.metrics.uncertainty.uncertainty`, empty when not computed;
+    an image name that a spreadsheet would read as a formula is prefixed with ``'``:
     :func:`glandseg.data.io.csv_safe`)."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n", quoting=csv_quoting(im["image"] for im in images))
-    w.writerow(["image", "n_glands", "grade", "grade_probability"])
+    w.writerow(["image", "n_glands", "grade", "grade_probability", "uncertainty"])
     for im in images:
-        w.writerow([csv_safe(im["image"]), im["n_glands"], im["grade"], im["grade_probability"]])
+        w.writerow([csv_safe(im["image"]), im["n_glands"], im["grade"], im["grade_probability"],
+                    im.get("uncertainty", "")])
     return buf.getvalue()
 
 
@@ -687,14 +697,18 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
             image = read_image(path)
             mpp_i = input_resolution(predictor, path, mpp)
             check_scale(predictor, path, image.shape[:2], mpp_i)
-            if hasattr(predictor, "resolution_of"):
+            unc = None
+            if hasattr(predictor, "predict_with_proba"):  # dense models: also how unsure
+                labels, probs = predictor.predict_with_proba(image, mpp=mpp_i)
+                unc = None if probs is None else uncertainty(probs)
+            elif hasattr(predictor, "resolution_of"):
                 labels = predictor.predict(image, mpp=mpp_i)
             else:
                 labels = predictor.predict(image)
             grade = _grade(grader, predictor, path, image, labels)
             try:
                 done = commit_image(out, path.stem, path, image, labels, mpp_i, mode,
-                                    grade=grade)
+                                    grade=grade, uncertainty=unc)
             except OSError as exc:
                 write_error, n_left = (path, exc), len(todo) - i
                 break

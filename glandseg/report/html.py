@@ -434,10 +434,19 @@ def write_report(out: str | Path, title: str | None = None, grades: bool = True)
 def index_html(images: Sequence[Mapping[str, Any]], title: str = "glandseg predictions") -> str:
     """A gallery page of ``predict``'s outputs. ``images``: one mapping per image with
     ``image`` (stem), ``n_glands``, ``grade`` / ``grade_probability`` (P(malignant); may
-    be empty) and ``files`` (output file names, the overlay among them). Every link is
-    relative and inert whatever the file names (:func:`href`)."""
+    be empty), ``uncertainty`` (:func:`glandseg.metrics.uncertainty.uncertainty`; may be
+    empty) and ``files`` (output file names, the overlay among them). Cards are sorted
+    most uncertain first (the images to correct first), those without an uncertainty last,
+    in the given order. Every link is relative and inert whatever the file names
+    (:func:`href`)."""
     cards = []
-    for im in images:
+
+    def unsure(im: Mapping[str, Any]) -> float:
+        u = _num(im.get("uncertainty"))
+        return -1.0 if math.isnan(u) else u
+
+    ranked = sorted(images, key=unsure, reverse=True)  # stable: ties keep their order
+    for im in ranked:
         stem = str(im.get("image", ""))
         files = [str(f) for f in im.get("files", [])]
         overlay = next((f for f in files if f.endswith("_overlay.png")), None)
@@ -450,12 +459,18 @@ def index_html(images: Sequence[Mapping[str, Any]], title: str = "glandseg predi
                 ) if grade else ""
         links = " · ".join(f'<a href="{href(f)}">{_e(f.removeprefix(stem) or f)}</a>'
                            for f in files)
+        u = unsure(im)
+        utag = f' <span class="tag">uncertainty {u:.2f}</span>' if u >= 0 else ""
         cards.append(f'<div class="card" id="img-{_e(stem)}">{img}<div><b>{_e(stem)}</b>: '
-                     f'{_e(im.get("n_glands", ""))} glands{gtag}</div><div>{links}</div></div>')
+                     f'{_e(im.get("n_glands", ""))} glands{gtag}{utag}</div><div>{links}</div></div>')
     n = len(images)
     n_glands = sum(int(_num(im.get("n_glands")) or 0) for im in images
                    if not math.isnan(_num(im.get("n_glands"))))
     head = (f"<h1>{_e(title)}</h1><p class=\"meta\">{n} images · {n_glands} glands · "
             f'<a href="./glands.csv">glands.csv</a> · <a href="./images.csv">images.csv</a> · '
             f"glandseg {_e(__version__)}</p>")
+    if any(unsure(im) >= 0 for im in images):
+        head += ("<p class=\"meta\">Most uncertain first: uncertainty = share of the pixels "
+                 "near glands whose interior/boundary/background decision has a probability "
+                 "under 0.7; correct these images first.</p>")
     return _page(title, head + f'<div class="gallery">{"".join(cards)}</div>')
