@@ -46,7 +46,14 @@ def test_demo_without_data(tmp_path: Path) -> None:
     labels = read_label(out / "immunohistochemistry.png")
     assert labels.shape == image.shape[:2] and labels.min() == 0
     ids = np.unique(labels[labels > 0])
-    assert len(ids) >= 1  # colon tissue: the model finds glands
+    # glas-unet on this 512² immunohistochemistry sample (not H&E) finds 17 objects covering
+    # 36 % of it, the largest 9 %: an untrained or broken model gives none, one whole-image
+    # blob or specks, which these bounds catch
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    assert 5 <= len(ids) <= 40, len(ids)
+    assert 0.10 <= (labels > 0).mean() <= 0.70, (labels > 0).mean()
+    assert areas.max() <= 0.25 * labels.size and np.median(areas) >= 200, sorted(areas)
     assert f"demo: {len(ids)} gland(s)" in proc.stdout, proc.stdout
 
     overlay_path = out / "immunohistochemistry_overlay.png"
@@ -90,17 +97,18 @@ def test_evaluate_limit_2(glas_dir: Path, tmp_path: Path) -> None:
         assert m["n_images"] == 2, part
         assert POOLED <= set(m["pooled"]) and PER_IMAGE <= set(m["per_image"]), part
         assert 0 <= m["pooled"]["f1"] <= 1 and 0 <= m["pooled"]["object_dice"] <= 1
-    # A --limit run is not the official figures. Where metrics.json says so (a "partial" flag
-    # on the file or on each part), it must say True; n_images_total, if given, is the full part.
-    flags = [metrics.get("partial")] + [m.get("partial") for m in parts.values()]
-    assert all(f is None or f is True for f in flags), flags
+    # A --limit run is not the official figures: each part says so, with its full size ...
     for part, m in parts.items():
-        if "n_images_total" in m:
-            assert m["n_images_total"] == {"testA": 60, "testB": 20}[part]
-    if any(flags):  # ... and the leaderboard lists it without a place
-        with open(out / "leaderboard.csv", newline="", encoding="utf-8") as f:
-            ours = [r for r in csv.DictReader(f) if r["method"] == "glas-unet"]
-        assert len(ours) == 1 and ours[0]["place"] in ("", "-"), ours
+        assert m["partial"] is True, part
+        assert m["n_images_total"] == {"testA": 60, "testB": 20}[part]
+    # ... and the leaderboard lists it below the ranked rows, without a place or ranks
+    with open(out / "leaderboard.csv", newline="", encoding="utf-8") as f:
+        board = list(csv.DictReader(f))
+    ours = [r for r in board if r["method"] == "glas-unet"]
+    assert len(ours) == 1 and ours[0]["kind"] == "ours_partial", ours
+    assert ours[0]["place"] == ours[0]["rank_sum"] == ours[0]["f1_a_rank"] == ""
+    assert "testA 2 of 60 images" in ours[0]["note"]
+    assert all(r["place"] for r in board[: board.index(ours[0])])  # ranked rows come first
 
     with open(out / "per_image.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
