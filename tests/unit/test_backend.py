@@ -221,3 +221,21 @@ def test_export_onnx_cli(tiny_unet: Path, tmp_path: Path, capsys: pytest.Capture
     assert main(["-q", "export-onnx", "glas-maskrcnn", "--out", str(tmp_path / "r.onnx")]) == 1
     assert "torch" in capsys.readouterr().err
     assert main(["-q", "export-onnx", str(tiny_unet), "--out", str(tmp_path / "m.txt")]) == 1
+
+
+def test_slide_windows_get_aligned_tiles_on_onnx(tiny_unet: Path) -> None:
+    from glandseg.infer.predictor import Predictor, _starts
+    from glandseg.infer.slide import SlideConfig, window_predictor
+
+    po = Predictor.from_name(str(tiny_unet), device="cpu", backend="onnx")
+    pt = Predictor.from_name(str(tiny_unet), device="cpu", backend="torch")
+    w = window_predictor(po, SlideConfig())
+    assert w is not po and w.backend is po.backend and po.tiling.tile == 512
+    t = w.tiling
+    assert _starts(2560, t.tile, t.tile - t.overlap) == [0, 2560 - t.tile]  # 2 x 2 tiles
+    assert t.tile <= 1536 and t.tile % 32 == 0
+    assert window_predictor(pt, SlideConfig()) is pt  # torch: the model's own tiles
+    assert window_predictor(po, SlideConfig(aligned_tiles=False)) is po
+    assert window_predictor(pt, SlideConfig(aligned_tiles=True)).tiling == t
+    with pytest.raises(GlandsegError, match="aligned_tiles"):
+        SlideConfig(aligned_tiles="yes")  # type: ignore[arg-type]
