@@ -244,6 +244,8 @@ def main() -> None:
                     help="after each slide, run it again with the glandseg of DIR (e.g. a git "
                          "worktree of the commit before the ONNX backend) and report the ratio "
                          "of wall time and peak RSS in this run")
+    ap.add_argument("--baseline-sizes", default=None,
+                    help="sizes to run the baseline on (default: all of --sizes)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -265,7 +267,8 @@ def main() -> None:
         r["slide"] = info
         r["load_1min_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(r), flush=True)
-        if args.baseline_code:
+        if args.baseline_code and (args.baseline_sizes is None
+                                   or str(n) in args.baseline_sizes.split(",")):
             base = run_child(spec | {"code": args.baseline_code, "backend": None})
             base["load_1min_after"] = round(os.getloadavg()[0], 2)
             r["baseline"] = base

@@ -1,5 +1,8 @@
-"""``glandseg demo``: the one-command tour. Without data it segments a real colon-tissue
-image that ships with scikit-image; with ``--data`` it evaluates on GlaS Test A and B."""
+"""``glandseg demo``: the one-command tour. Without data it segments the one colon-gland image
+that ships with scikit-image (immunohistochemistry, not H&E: GlaS itself may not be
+redistributed, and no H&E colon image with a licence that allows shipping it was found on the
+package registries); with ``--data`` it evaluates on GlaS Test A and B, where the bundled
+models are at their best."""
 
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ log = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="segment a bundled example image (or evaluate on GlaS with --data)",
-        description="Without --data: segments skimage.data.immunohistochemistry() (colon "
-                    "tissue) with the bundled model and writes labels, overlay, GeoJSON and "
-                    "glands.csv. With --data DIR: runs `glandseg evaluate` on DIR.",
+        description="Without --data: segments skimage.data.immunohistochemistry() (colonic "
+                    "glands stained by immunohistochemistry, DAB brown + haematoxylin: NOT "
+                    "H&E, so the H&E-trained model splits glands into pieces) and writes "
+                    "labels, overlay, GeoJSON and glands.csv. With --data DIR (the GlaS "
+                    "folder): runs `glandseg evaluate` on Test A and B.",
     )
     p.add_argument("--out", default="glandseg-demo", help="output folder (default: glandseg-demo)")
     p.add_argument("--data", default=None, help="GlaS folder: evaluate on Test A and B")
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     # did not write still are not)
     rep = predict_files([src], out, pred, mpp=None, mode="overwrite",
                         progress=not getattr(args, "quiet", False))
-    print(f"demo: {rep.n_glands} gland(s) in skimage.data.immunohistochemistry() → {out}/ "
-          "(immunohistochemistry.png labels, _overlay.png, .geojson, glands.csv)")
+    print(f"demo: {rep.n_glands} object(s) in skimage.data.immunohistochemistry() → {out}/ "
+          "(immunohistochemistry.png labels, _overlay.png, .geojson, glands.csv). This sample "
+          "is immunohistochemistry (brown DAB), not H&E: the H&E-trained model splits its ~6 "
+          "glands into pieces. For H&E, run `glandseg demo --data PATH/TO/GlaS`.")
     return 0

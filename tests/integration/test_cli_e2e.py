@@ -54,7 +54,7 @@ def test_demo_without_data(tmp_path: Path) -> None:
     assert 5 <= len(ids) <= 40, len(ids)
     assert 0.10 <= (labels > 0).mean() <= 0.70, (labels > 0).mean()
     assert areas.max() <= 0.25 * labels.size and np.median(areas) >= 200, sorted(areas)
-    assert f"demo: {len(ids)} gland(s)" in proc.stdout, proc.stdout
+    assert f"demo: {len(ids)} object(s)" in proc.stdout and "not H&E" in proc.stdout, proc.stdout
 
     overlay_path = out / "immunohistochemistry_overlay.png"
     assert overlay_path.read_bytes()[:8] == PNG
