@@ -162,3 +162,23 @@ def test_predictor_says_whether_it_sharpened() -> None:
     assert pred.last_sharpened
     pred.predict_proba(sharp)
     assert not pred.last_sharpened
+
+
+def test_large_images_are_measured_on_a_sample_of_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slide window (over 4 MP) is measured on 3 x 3 blocks: close to the whole-image
+    figure, sharp and blurred alike."""
+    from skimage.filters import gaussian
+
+    from glandseg.data import blur
+
+    rng = np.random.default_rng(3)
+    base = gaussian(rng.random((2100, 2100)), 2.0)  # texture with edges at every scale
+    base = (base - base.min()) / np.ptp(base)
+    for extra in (0.0, 1.5):
+        g = gaussian(base, extra) if extra else base
+        img = np.repeat(g[..., None], 3, axis=2)
+        sampled = blur.estimate_blur(img)
+        monkeypatch.setattr(blur, "SAMPLE_ABOVE", 10**12)
+        whole = blur.estimate_blur(img)
+        monkeypatch.setattr(blur, "SAMPLE_ABOVE", 4_000_000)
+        assert sampled == pytest.approx(whole, rel=0.05), (extra, sampled, whole)
