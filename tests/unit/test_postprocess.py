@@ -233,3 +233,20 @@ def test_boundary_weight_keeps_glands_apart_across_a_faint_gap() -> None:
 
     with pytest.raises(GlandsegError, match="boundary_weight"):
         probs_to_labels(p, "contour", {"boundary_weight": -1.0})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_watershed_by_component_equals_the_whole_image_watershed(seed: int) -> None:
+    """Per-component flooding gives exactly skimage's whole-image watershed (random relief
+    without exact ties, many components, markers outside the mask)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from glandseg.infer.postprocess import watershed_by_component
+
+    rng = np.random.default_rng(seed)
+    relief = ndi.gaussian_filter(rng.random((160, 190)), 2)
+    mask = ndi.gaussian_filter(rng.random((160, 190)), 3) > 0.5
+    markers, _ = ndi.label(relief < np.quantile(relief, 0.08))
+    ref = watershed(relief, markers=markers, mask=mask)
+    assert np.array_equal(watershed_by_component(relief, markers, mask), ref)
