@@ -252,7 +252,8 @@ class Predictor:
         first brought to the model's resolution (``zoom``, :func:`resample`), then resized
         by the working scale (bilinear, antialiased, as in training)."""
         scale = self.scale
-        x = np.ascontiguousarray(image).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        x = np.ascontiguousarray(image).transpose(2, 0, 1).astype(np.float32)
+        x /= np.float32(255.0)
         if zoom != 1.0:
             x = np.clip(resample(x, model_size(image.shape[:2], zoom)), 0, 1)
         if self._deblurrer is not None:
@@ -261,7 +262,9 @@ class Predictor:
             h, w = x.shape[-2:]
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             x = interpolate(x, size, "bilinear-aa")
-        return (x - self.mean) / self.std
+        x -= self.mean  # in place (x is this call's own array): the values of (x - mean) / std
+        x /= self.std
+        return x
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """``uint8 (H, W, 3)`` → ``float32 (3, h, w)``: the model's pre-processing (working
