@@ -148,3 +148,11 @@ def probs_to_labels(probs: np.ndarray, task: str, params: Mapping | PostParams |
     if task == "contour":
         return contour_to_labels(probs, **kw)
     return binary_to_labels(probs, **kw)
+
+
+#: Public names of the helpers above, for other post-processing modules
+#: (:mod:`glandseg.infer.distance`): ``remove_small(labels, min_area)`` zeroes objects under
+#: ``min_area`` px in place; ``fill_holes_per_object(labels)`` gives each enclosed hole the
+#: id of the object around it.
+remove_small = _remove_small
+fill_holes_per_object = _fill_holes_per_object
