@@ -17,6 +17,16 @@ gland):
   GroupNorm in the FPN and the (128-channel) mask head, a 512-wide two-layer box head:
   about 8 M parameters, 16 MB in fp16.
 
+**glas-maskrcnn v3 options** (``model_args`` of both; absent = the network above exactly,
+so the bundled v1/v2 configs build the same network): ``mask_resolution`` (the predicted
+mask side, default 28: RoIAlign 14 upsampled x2; 56 = RoIAlign 28), ``anchor_sizes`` (one
+per FPN level), ``anchor_scales`` (multipliers per level, e.g. 3 per octave) and
+``aspect_ratios`` (height / width) of the RPN's anchors (:func:`anchor_generator`; the
+gland-fit values and the GlaS statistics behind them are in
+``results/maskrcnn_v3/gland_sizes.json``), and RoI sampling / matching
+(``rpn_``/``box_`` ``batch_size_per_image``, ``positive_fraction``, ``fg_iou_thresh``,
+``bg_iou_thresh``; :data:`DETECTOR_KWARGS`).
+
 **Normalisation and resizing.** Images reach these models as float ``(3, H, W)`` in [0, 1],
 already at the model's working scale (the Trainer's dataset and the Predictor both rescale
 by ``preprocess.scale``). The model's own ``GeneralizedRCNNTransform`` normalises them with
@@ -61,13 +71,18 @@ log = logging.getLogger(__name__)
 
 NUM_CLASSES = 2  # background, gland
 LITE_ANCHOR_SIZES = (24, 48, 96, 192, 384)
+RESNET_ANCHOR_SIZES = (32, 64, 128, 256, 512)  # torchvision's maskrcnn_resnet50_fpn
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 #: MaskRCNN keyword arguments that ``model_args`` may override.
 DETECTOR_KWARGS = (
     "rpn_pre_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train",
     "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
     "box_positive_fraction", "box_detections_per_img", "box_score_thresh", "box_nms_thresh",
+    "rpn_positive_fraction", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "box_fg_iou_thresh",
+    "box_bg_iou_thresh",
 )
+#: Predicted mask side of torchvision's mask head (RoIAlign output 14, upsampled x2).
+MASK_RESOLUTION = 28
 DETECTOR_DEFAULTS = {
     "rpn_pre_nms_top_n_train": 2000, "rpn_pre_nms_top_n_test": 1000,
     "rpn_post_nms_top_n_train": 1000, "rpn_post_nms_top_n_test": 500,
@@ -95,6 +110,27 @@ def _detector_kwargs(cfg: dict) -> dict[str, Any]:
     kw = dict(DETECTOR_DEFAULTS)
     kw.update({k: a[k] for k in DETECTOR_KWARGS if k in a})
     return kw
+
+
+def anchor_generator(args: dict, default_sizes: tuple[int, ...]) -> AnchorGenerator:
+    """The RPN's anchors from ``model_args``: ``anchor_sizes`` (one base size per FPN
+    level, px at the working scale; default ``default_sizes``), ``anchor_scales``
+    (multipliers of each level's size, default ``[1.0]``; e.g. 3 per octave
+    ``[1, 2^(1/3), 2^(2/3)]``) and ``aspect_ratios`` (height / width, default
+    ``[0.5, 1, 2]``). Anchors per location = scales x ratios. The defaults give the
+    network of the v1/v2 models exactly."""
+    base = [int(s) for s in args.get("anchor_sizes", default_sizes)]
+    scales = [float(k) for k in args.get("anchor_scales", (1.0,))]
+    ratios = tuple(float(r) for r in args.get("aspect_ratios", ASPECT_RATIOS))
+    sizes = tuple(tuple(s * k if k != 1.0 else s for k in scales) for s in base)
+    return AnchorGenerator(sizes, (ratios,) * len(sizes))
+
+
+def mask_pool_size(args: dict) -> int:
+    """RoIAlign output side of the mask branch: half of ``model_args.mask_resolution`` (the
+    predicted mask side; default 28, torchvision's: RoIAlign 14, the head upsamples x2).
+    ``mask_resolution`` 56 gives a mask head twice as fine (4x its compute)."""
+    return int(args.get("mask_resolution", MASK_RESOLUTION)) // 2
 
 
 def _set_transform(model: MaskRCNN, cfg: dict) -> None:
@@ -203,7 +239,14 @@ def _build_resnet50(cfg: dict, pretrained: bool) -> MaskRCNN:
     trainable = int(a.get("trainable_backbone_layers", 3 if is_trained else 5))
     backbone = resnet50(weights=None, norm_layer=norm)
     backbone = _resnet_fpn_extractor(backbone, trainable)
-    model = MaskRCNN(backbone, num_classes=NUM_CLASSES, **_detector_kwargs(cfg))
+    v3: dict[str, Any] = {}  # torchvision's own anchors and mask pool unless model_args say
+    if any(k in a for k in ("anchor_sizes", "anchor_scales", "aspect_ratios")):
+        gen = anchor_generator(a, RESNET_ANCHOR_SIZES)
+        v3["rpn_anchor_generator"] = gen
+        v3["rpn_head"] = RPNHead(backbone.out_channels, gen.num_anchors_per_location()[0])
+    if mask_pool_size(a) != MASK_RESOLUTION // 2:
+        v3["mask_roi_pool"] = MultiScaleRoIAlign(["0", "1", "2", "3"], mask_pool_size(a), 2)
+    model = MaskRCNN(backbone, num_classes=NUM_CLASSES, **v3, **_detector_kwargs(cfg))
     if source == "coco":
         overwrite_eps(model, 0.0)  # torchvision's COCO_V1 weights were trained with eps 0
     if pretrained and is_trained:
@@ -267,17 +310,17 @@ def _build_lite(cfg: dict, pretrained: bool) -> MaskRCNN:
     norm = partial(nn.GroupNorm, 32) if a.get("head_norm", "group") == "group" else None
     backbone = LiteFPNBackbone(enc, ch, freeze_bn=bool(a.get("freeze_bn", pretrained)),
                                norm_layer=norm)
-    sizes = tuple((int(s),) for s in a.get("anchor_sizes", LITE_ANCHOR_SIZES))
-    anchors = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
+    anchors = anchor_generator(a, LITE_ANCHOR_SIZES)
     rep = int(a.get("box_representation", 512))
     mask_ch = int(a.get("mask_channels", 128))
     levels = ["0", "1", "2"]
     model = MaskRCNN(
         backbone, num_classes=None,
-        rpn_anchor_generator=anchors, rpn_head=RPNHead(ch, len(ASPECT_RATIOS)),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(ch, anchors.num_anchors_per_location()[0]),
         box_roi_pool=MultiScaleRoIAlign(levels, 7, 2),
         box_head=TwoMLPHead(ch * 7 * 7, rep), box_predictor=FastRCNNPredictor(rep, NUM_CLASSES),
-        mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2),
+        mask_roi_pool=MultiScaleRoIAlign(levels, mask_pool_size(a), 2),
         mask_head=MaskRCNNHeads(ch, (mask_ch,) * 4, 1, norm_layer=norm),
         mask_predictor=MaskRCNNPredictor(mask_ch, mask_ch, NUM_CLASSES),
         **_detector_kwargs(cfg),

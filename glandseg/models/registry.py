@@ -109,10 +109,27 @@ DETECTOR_RANGES = {
     "rpn_batch_size_per_image": (True, 1, 100_000), "box_batch_size_per_image": (True, 1, 100_000),
     "box_positive_fraction": (False, 0.01, 1.0), "box_detections_per_img": (True, 1, 10_000),
     "box_score_thresh": (False, 0.0, 1.0), "box_nms_thresh": (False, 0.0, 1.0),
+    "rpn_positive_fraction": (False, 0.01, 1.0), "rpn_fg_iou_thresh": (False, 0.05, 1.0),
+    "rpn_bg_iou_thresh": (False, 0.0, 1.0), "box_fg_iou_thresh": (False, 0.05, 1.0),
+    "box_bg_iou_thresh": (False, 0.0, 1.0),
 }
-_RESNET_KEYS = ("backbone", "pretrained_source", "weights_file", "trainable_backbone_layers")
+#: Anchor and mask-head arguments of both backbones (glas-maskrcnn v3; absent = the v1/v2
+#: network exactly): see :func:`glandseg.models.maskrcnn.anchor_generator`.
+_HEAD_KEYS = ("anchor_sizes", "anchor_scales", "aspect_ratios", "mask_resolution")
+_RESNET_KEYS = ("backbone", "pretrained_source", "weights_file", "trainable_backbone_layers",
+                *_HEAD_KEYS)
 _LITE_KEYS = ("backbone", "encoder", "weights_file", "fpn_channels", "box_representation",
-              "mask_channels", "head_norm", "freeze_bn", "anchor_sizes")
+              "mask_channels", "head_norm", "freeze_bn", *_HEAD_KEYS)
+
+
+def _float_list(where: str, key: str, value: object, lo: float, hi: float) -> list[float]:
+    """1 to 9 distinct numbers in ``[lo, hi]``."""
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= 9:
+        raise config_error(where, f"{key} must be a list of 1 to 9 numbers, got {value!r}")
+    out = [float(check_number(where, f"{key}[{i}]", v, lo, hi)) for i, v in enumerate(value)]
+    if len(set(out)) != len(out):
+        raise config_error(where, f"{key} has a value twice: {value!r}")
+    return out
 
 
 def _check_maskrcnn(raw: Mapping, defaults: Mapping, task: str, where: str) -> dict:
@@ -152,8 +169,22 @@ def _check_maskrcnn(raw: Mapping, defaults: Mapping, task: str, where: str) -> d
             out[k] = check_bool(where, key, v)
         elif k == "anchor_sizes":
             out[k] = check_int_list(where, key, v, 5, 4, 4096)
+        elif k == "anchor_scales":
+            out[k] = _float_list(where, key, v, 0.25, 4.0)
+        elif k == "aspect_ratios":
+            out[k] = _float_list(where, key, v, 0.05, 20.0)
+        elif k == "mask_resolution":
+            out[k] = check_number(where, key, v, 14, 112, integer=True)
+            if out[k] % 2:
+                raise config_error(where, f"{key} must be even (the mask head upsamples its "
+                                          f"RoIAlign output x2), got {v!r}")
         else:  # backbone, head_norm: checked above
             out[k] = v
+    for part, fg, bg in (("rpn", 0.7, 0.3), ("box", 0.5, 0.5)):  # torchvision's defaults
+        hi, lo = out.get(f"{part}_fg_iou_thresh", fg), out.get(f"{part}_bg_iou_thresh", bg)
+        if lo > hi:
+            raise config_error(where, f"model_args.{part}_bg_iou_thresh {lo} is above "
+                                      f"{part}_fg_iou_thresh {hi}; lower it")
     if backbone != "resnet50":
         out.setdefault("encoder", backbone)
     return out
