@@ -51,8 +51,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=int, choices=[1, 2], default=1,
                    help="2: the study's protocol: a coarse stage (first half of the trials), "
                         "then one narrowed around the best (use with --sampler random)")
+    p.add_argument("--stage1-trials", type=int_in(1, 100_000), default=None,
+                   help="with --stages 2: trials of the broad stage 1 (default: half of "
+                        "--trials); the rest search around stage 1's best")
+    p.add_argument("--narrow-factor", type=float_in(0, 1, what="a share"), default=0.25,
+                   help="with --stages 2: each stage-2 range is this share of stage 1's "
+                        "width (log width for log ranges), centred on stage 1's best")
+    p.add_argument("--protocol", choices=["study", "tpe-hyperband"], default=None,
+                   help="the whole tuning protocol (options left at their defaults take its "
+                        "values): study = random search of 50 broad + 50 narrowed trials x 20 "
+                        "epochs; tpe-hyperband = 100 TPE trials pruned by Hyperband; both then "
+                        "train the winner for --long-epochs and babysit it at a low learning "
+                        "rate (STUDY_DIR/final, protocol.json)")
+    p.add_argument("--long-epochs", type=int_in(0, 100_000), default=None,
+                   help="epochs of the winner's long training after the search (--protocol "
+                        "default 100; 0: none)")
+    p.add_argument("--babysit-epochs", type=int_in(0, 100_000), default=None,
+                   help="epochs at the winner's lr x --babysit-lr-factor after the long "
+                        "training (--protocol default 30)")
+    p.add_argument("--babysit-lr-factor", type=float_in(0, 1, what="a factor"), default=None,
+                   help="learning rate of the babysitting phase as a share of the winner's "
+                        "(--protocol default 0.05)")
+    p.add_argument("--final-minutes", type=float_in(0, 1e6), default=None,
+                   help="time budget of the final (long + babysitting) run")
     p.add_argument("--workers", type=int_in(1, 256), default=1,
-                   help="trial processes on this machine")
+                   help="trial processes on this machine, sharing its GPU with --device cuda "
+                        "(one study in STUDY_DIR/study.db)")
     p.add_argument("--scale", type=float_in(0, 4, what="a scale factor"), default=None,
                    help="working resolution (model default: 0.5 for the U-Nets)")
     p.add_argument("--repeats", type=int_in(1, 10_000), default=2,
@@ -106,8 +130,21 @@ def run(args: argparse.Namespace) -> int:
         loader_workers=args.loader_workers, pretrained=args.pretrained != "none",
         model_args=model_args, tune_postprocess=args.tune_postprocess,
         keep_weights=args.keep_weights, timeout_minutes=args.timeout_minutes,
-        max_failures=args.max_failures,
+        max_failures=args.max_failures, stage1_trials=args.stage1_trials,
+        narrow_factor=args.narrow_factor,
     )
+    final = {"long_epochs": args.long_epochs, "babysit_epochs": args.babysit_epochs,
+             "babysit_lr_factor": args.babysit_lr_factor, "final_minutes": args.final_minutes}
+    if args.protocol or args.long_epochs:
+        from glandseg.search.protocol import ProtocolConfig, protocol_config, run_protocol
+
+        if args.protocol:
+            pc = protocol_config(args.protocol, cfg, **final)
+        else:
+            pc = ProtocolConfig(cfg, **{k: v for k, v in final.items() if v is not None})
+        doc = run_protocol(pc)
+        _print_protocol(doc, pc.search)
+        return 0
     c = run_search(cfg)
     study = open_study(cfg, search_space(cfg))
     best = best_trial(study)
@@ -118,3 +155,21 @@ def run(args: argparse.Namespace) -> int:
               f"train it with: glandseg train --params {cfg.study_dir / 'best.json'} "
               f"--data {args.data} --out RUN")
     return 0
+
+
+def _print_protocol(doc: dict, cfg) -> None:
+    s = doc["search"]
+    print(f"study {cfg.name()}: {s['complete']} complete, {s['pruned']} pruned, "
+          f"{s['failed']} failed of {cfg.trials}")
+    for k in ("stage1", "stage2"):
+        if k in s and s[k]["best_value"] is not None:
+            print(f"{k}: best validation object Dice {s[k]['best_value']:.4f} "
+                  f"(trial {s[k]['best_trial']} of {s[k]['trials']})")
+    fin = doc.get("final")
+    if fin:
+        for name, ph in fin["phases"].items():
+            v = ph["best_val_object_dice"]
+            print(f"final {name} ({ph['epochs']} epochs, lr {ph['lr']:.3g}): best validation "
+                  f"object Dice {'n/a' if v is None else f'{v:.4f}'}")
+        print(f"final run: {fin['run']} (glandseg predict --model {fin['run']} ...)")
+    print(f"record: {cfg.study_dir / 'protocol.json'}")

@@ -89,6 +89,18 @@ class SearchConfig:
     max_failures: int | None = None
     heartbeat_s: int = 60
     enqueue: list[dict] = field(default_factory=list)
+    #: ``stages=2``: trials of the broad stage 1 (default: half of ``trials``); the rest
+    #: sample the space narrowed around stage 1's best (:meth:`SearchSpace.narrowed`).
+    stage1_trials: int | None = None
+    #: ``stages=2``: width of each stage-2 range as a share of stage 1's (log width for log
+    #: ranges), centred on stage 1's best value.
+    narrow_factor: float = 0.25
+
+    def stage1_count(self) -> int:
+        """Trials of stage 1 (all of them with one stage)."""
+        if self.stages < 2:
+            return self.trials
+        return self.stage1_trials if self.stage1_trials else math.ceil(self.trials / 2)
 
     @property
     def study_dir(self) -> Path:
@@ -177,7 +189,10 @@ def settings(cfg: SearchConfig, space: SearchSpace) -> dict:
             "scale": cfg.scale, "repeats": cfg.repeats, "val_fraction": cfg.val_fraction,
             "seed": cfg.seed, "pretrained": cfg.pretrained, "model_args": cfg.model_args,
             "tune_postprocess": cfg.tune_postprocess, "minutes_per_trial": cfg.minutes_per_trial,
-            "stages": cfg.stages}
+            "stages": cfg.stages,
+            # only where set: studies made before these options keep their settings
+            **({"stage1_trials": cfg.stage1_trials} if cfg.stage1_trials else {}),
+            **({"narrow_factor": cfg.narrow_factor} if cfg.narrow_factor != 0.25 else {})}
 
 
 def open_study(cfg: SearchConfig, space: SearchSpace, storage=None, sampler=None,
@@ -289,13 +304,14 @@ class Objective:
         self.trials_dir = cfg.study_dir / "trials"
 
     def stage_space(self, trial) -> tuple[int, SearchSpace]:
-        """Stage 1 (the whole space) for the first half of the trials; with ``stages=2`` the
-        rest sample a space narrowed around the best complete stage-1 trial."""
+        """Stage 1 (the whole space) for the first ``stage1_count()`` trials (half by
+        default); with ``stages=2`` the rest sample a space narrowed around the best complete
+        stage-1 trial (``narrow_factor``)."""
         from optuna.trial import TrialState
 
         if self.cfg.stages < 2:
             return 1, self.space
-        n1 = math.ceil(self.cfg.trials / 2)
+        n1 = self.cfg.stage1_count()
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         others = [t for t in trial.study.get_trials(deepcopy=False)
                   if t.number != trial.number and t.user_attrs.get("stage") == 1]
@@ -305,7 +321,7 @@ class Objective:
         if not done:
             return 1, self.space
         best = max(done, key=lambda t: t.value)
-        return 2, self.space.narrowed(best.params)
+        return 2, self.space.narrowed(best.params, self.cfg.narrow_factor)
 
     def surplus(self, trial) -> bool:
         from optuna.trial import TrialState
@@ -485,10 +501,27 @@ def work(cfg: SearchConfig, index: int = 0, deadline: float | None = None) -> Co
         if c.finished + c.running >= cfg.trials:
             time.sleep(POLL_S)  # the last trials run elsewhere: wait, they may fail
             continue
+        if stage1_pending(study, cfg):
+            time.sleep(POLL_S)  # stage 2 narrows around stage 1's best: wait for all of it
+            continue
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                        callbacks=[_log_trial])
         write_results(study, cfg)
     return counts(study)
+
+
+def stage1_pending(study, cfg: SearchConfig) -> bool:
+    """With ``stages=2``: stage 1 has all its trials but some still run elsewhere (another
+    worker); a stage-2 trial started now would narrow around a best that may change."""
+    from optuna.trial import TrialState
+
+    if cfg.stages < 2:
+        return False
+    ones = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("stage") == 1]
+    live = [t for t in ones if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
+                                          TrialState.RUNNING)]
+    return (len(live) >= cfg.stage1_count()
+            and any(t.state == TrialState.RUNNING for t in live))
 
 
 def _work_entry(cfg: SearchConfig, index: int, deadline: float | None, level: int,
@@ -542,6 +575,11 @@ def check_inputs(cfg: SearchConfig) -> SearchSpace:
         raise GlandsegError(f"unknown pruner {cfg.pruner!r}; use {', '.join(PRUNERS)}")
     if cfg.trials < 1 or cfg.workers < 1 or cfg.stages not in (1, 2):
         raise GlandsegError("--trials and --workers must be at least 1, --stages 1 or 2")
+    if cfg.stage1_trials and (cfg.stages < 2 or not 1 <= cfg.stage1_trials < cfg.trials):
+        raise GlandsegError(f"--stage1-trials {cfg.stage1_trials} needs --stages 2 and must be "
+                            f"between 1 and --trials - 1 ({cfg.trials - 1})")
+    if not 0 < cfg.narrow_factor <= 1:
+        raise GlandsegError(f"--narrow-factor {cfg.narrow_factor} must be in (0, 1]")
     if not cfg.data:
         raise GlandsegError("--data is required: the GlaS folder the trials train on")
     if not discover(cfg.data, splits=("train",)):
