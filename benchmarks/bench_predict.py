@@ -99,10 +99,10 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
 
 def marginal_costs(images: list[Path], tmp: Path) -> dict:
     """Seconds per image of each share of a default (ONNX) predict, in this process."""
+    import glandseg.engine.predict as batch  # the pipeline: reads, predicts, uncertainty
     import glandseg.grade.engine as engine
     import glandseg.infer.backend as backend
     import glandseg.infer.predictor as predictor
-    import glandseg.report.batch as batch
     import glandseg.report.outputs as outputs
     from glandseg.data.io import read_image
 
@@ -126,7 +126,7 @@ def marginal_costs(images: list[Path], tmp: Path) -> dict:
     timed(outputs, "write_outputs", "outputs")
     timed(batch, "read_image", "read")
     timed(batch, "uncertainty", "uncertainty")
-    from glandseg.report.grading import open_grader
+    from glandseg.engine.grade import open_grader
 
     pred = predictor.Predictor.from_name("glas-unet", deblur="auto")  # as `predict` runs
     assert pred.backend.name == "onnx"

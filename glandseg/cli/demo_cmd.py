@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from skimage import data
 
     from glandseg.data.io import read_image, write_image
-    from glandseg.report.batch import plan_outputs, predict_files
+    from glandseg.engine.predict import predict_files
+    from glandseg.report.batch import plan_outputs
 
     image = data.immunohistochemistry()
     src = out / "input" / "immunohistochemistry.png"

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from glandseg.engine.evaluate import check_out_dir, evaluate_model
     from glandseg.metrics.score import format_table
-    from glandseg.report.evaluate import check_out_dir, evaluate_model
 
     check_out_dir(args.out)  # before loading the model
     pred = make_predictor(args)

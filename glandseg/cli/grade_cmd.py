@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from glandseg.cli import add_backend_args
-
-log = logging.getLogger(__name__)
-
-GRADES_NAME = "grades.csv"
 
 
 def add_grader_args(p: argparse.ArgumentParser, switch: bool = True) -> None:
@@ -47,71 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
+    from glandseg.engine.grade import grade_files
+    from glandseg.report.batch import failure_line
 
-    from tqdm import tqdm
-
-    from glandseg import GlandsegError
-    from glandseg.data.io import read_image
-    from glandseg.data.slide import is_large
-    from glandseg.grade.engine import ImageGrader
-    from glandseg.report.batch import (
-        STATE_DIR,
-        _csv_problem,
-        _prepare_out,
-        check_writable,
-        collect_inputs,
-        failure_line,
-        folder_lock,
-        write_joined,
-    )
-    from glandseg.report.grading import grades_csv
-
-    paths = collect_inputs(args.inputs)
-    out = _prepare_out(args.out)
-    check_writable(out)  # before loading the grader
-    target = out / GRADES_NAME
-    inputs = {Path(os.path.abspath(p)) for p in paths} | {p.resolve() for p in paths}
-    if target in inputs or (target.exists() and target.resolve() in inputs):
-        raise GlandsegError(f"{target} is one of the inputs; choose an --out folder that "
-                            "holds no input images")
-    problem = _csv_problem(out, GRADES_NAME) if out.is_dir() else None
-    if problem:
-        raise GlandsegError(f"refusing to overwrite {problem}: move it away or choose "
-                            "another --out")
-    if target.exists() and not args.overwrite:
-        raise GlandsegError(f"{target} exists (written by glandseg earlier): pass --overwrite "
-                            "to replace it or choose another --out")
-    grader = ImageGrader.load(args.grader, device=args.device, backend=args.backend,
-                              threads=args.threads)
-    rows, failed = [], []
-    for path in tqdm(paths, desc="grade", unit="img",
-                     disable=True if getattr(args, "quiet", False) else None):
-        try:
-            if is_large(path):
-                raise GlandsegError(f"{path}: a whole slide or large image; the grader "
-                                    "grades GlaS-sized fields of view (crop regions first)")
-            g = grader.grade(read_image(path))
-        except GlandsegError as exc:
-            log.error("%s", exc)
-            failed.append((str(path), str(exc)))
-            continue
-        rows.append((path.stem, g.grade, g.probability))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GlandsegError(f"{out}: cannot create the output folder ({exc})") from exc
-    try:
-        (out / STATE_DIR).mkdir(exist_ok=True)
-        with folder_lock(out):
-            write_joined(out, GRADES_NAME, grades_csv(rows))
-    except OSError as exc:  # a full disk: the earlier grades.csv (if any) stays whole
-        raise GlandsegError(f"{out}: cannot write {GRADES_NAME} ({exc.strerror or exc}); "
-                            "free space (or fix the folder) and run again") from exc
-    n_mal = sum(r[1] == "malignant" for r in rows)
-    print(f"graded {len(rows)} image(s): {len(rows) - n_mal} benign, {n_mal} malignant → "
-          f"{target}")
-    for path, why in failed:
+    rep = grade_files(args.inputs, args.out, overwrite=args.overwrite, grader=args.grader,
+                      device=args.device, backend=args.backend, threads=args.threads,
+                      progress=not getattr(args, "quiet", False))
+    n = len(rep.rows)
+    print(f"graded {n} image(s): {n - rep.n_malignant} benign, {rep.n_malignant} malignant → "
+          f"{rep.target}")
+    for path, why in rep.failed:
         print(failure_line(path, why))
-    return 1 if failed else 0
+    return 1 if rep.failed else 0

@@ -152,7 +152,9 @@ def refuse_untrained(spec: str, allow: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glandseg.report.batch import collect_inputs, failure_line, plan_outputs, predict_files
+    from glandseg.engine.predict import predict_files
+    from glandseg.engine.slide import dask_client
+    from glandseg.report.batch import collect_inputs, failure_line, plan_outputs
 
     _resolve_mpp_alias(args)
     refuse_untrained(args.model, getattr(args, "allow_untrained", False))
@@ -162,11 +164,9 @@ def run(args: argparse.Namespace) -> int:
     pred = make_predictor(args)
     grader = None
     if not getattr(args, "no_grade", False):
-        from glandseg.report.grading import open_grader
+        from glandseg.engine.grade import open_grader
 
         grader = open_grader(pred, getattr(args, "grader", None))
-    from glandseg.infer.slide import dask_client
-
     with dask_client(getattr(args, "dask_scheduler", None),
                      getattr(args, "workers", None)) as client:
         rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,

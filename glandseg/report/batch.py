@@ -1,11 +1,12 @@
-"""Segment many images into one output folder without losing data (``glandseg predict``).
+"""The output folder of ``glandseg predict``: many images, no data lost (the pipeline that
+segments them is :func:`glandseg.engine.predict.predict_files`; this module writes files).
 
 Per image ``<stem>.png`` (16-bit instance labels, 0 = background), ``<stem>_overlay.png``
 and ``<stem>.geojson``; one ``glands.csv`` with the rows of *every* image whose outputs are
 in the folder (not only this run's). An unreadable input is logged and reported, the other
 images are still processed. A whole slide or large image (:func:`glandseg.data.slide.is_large`:
 a slide format, a pyramidal TIFF or more than 4096² px) goes through
-:func:`glandseg.infer.slide.predict_slide` (by region, resumable window cache in
+:func:`glandseg.engine.slide.predict_slide_file` (by region, resumable window cache in
 ``<out>/.glandseg/slides/<stem>/``) and gets ``<stem>.tif`` (a tiled pyramidal label TIFF)
 instead of the PNG (:mod:`glandseg.report.slide`).
 
@@ -41,12 +42,10 @@ import re
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from glandseg import GlandsegError, __version__
 from glandseg.data.io import (
@@ -54,17 +53,12 @@ from glandseg.data.io import (
     csv_quoting,
     csv_safe,
     file_problem,
-    read_image,
-    read_mpp,
     temp_target,
     write_text,
 )
 from glandseg.data.slide import SLIDE_EXTS, is_large
-from glandseg.metrics.uncertainty import uncertainty
 from glandseg.report.grading import GRADES_CSV
-
-if TYPE_CHECKING:  # the predictor is only called, never built, here
-    from glandseg.infer.predictor import Predictor
+from glandseg.report.slide import SLIDE_SUFFIXES, write_slide_outputs
 
 try:  # POSIX; elsewhere concurrent runs into one folder are not serialised
     import fcntl
@@ -73,11 +67,8 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-GLAS_MPP = 0.62005
 #: Outputs of one image, as suffixes of its stem.
 OUTPUT_SUFFIXES: tuple[str, ...] = (".png", "_overlay.png", ".geojson")
-#: Outputs of one whole slide or large image (the labels as a pyramidal TIFF).
-SLIDE_SUFFIXES: tuple[str, ...] = (".tif", "_overlay.png", ".geojson")
 CSV_NAME = "glands.csv"
 IMAGES_CSV = "images.csv"
 INDEX_HTML = "index.html"
@@ -88,13 +79,6 @@ STATE_DIR = ".glandseg"
 MODES = ("refuse", "overwrite", "skip")
 _NUM_RE = re.compile(r"(\d+)")
 _MAX_LISTED = 5
-#: The whole-image path (images that are not slides) refuses an image that its resolution
-#: would enlarge more than this to reach the model's (a wrong ``--input-mpp``, or too
-#: little detail for the model: a 32x32 px image at 100 µm/px would become 5160² px) ...
-MAX_UPSCALE = 8.0
-#: ... or that would exceed this many pixels at the model's resolution (a tiled pyramidal
-#: TIFF of it goes the slide path, by region).
-MAX_MODEL_PIXELS = 64_000_000
 
 
 def output_names(stem: str, slide: bool = False) -> list[str]:
@@ -260,7 +244,7 @@ def _image_state(out: Path, stem: str, slide: bool = False) -> tuple[str, list[s
     return "partial", problems
 
 
-def _csv_problem(out: Path, name: str = CSV_NAME) -> str | None:
+def csv_problem(out: Path, name: str = CSV_NAME) -> str | None:
     """Why ``out/<name>`` (``glands.csv`` or another of :data:`JOINED`) must not be
     overwritten, or ``None`` if it is ours (or absent)."""
     path = out / name
@@ -274,7 +258,7 @@ def _csv_problem(out: Path, name: str = CSV_NAME) -> str | None:
     return None
 
 
-def _prepare_out(out_dir: str | os.PathLike) -> Path:
+def prepare_out(out_dir: str | os.PathLike) -> Path:
     """``--out`` as an absolute path; raises if it (or a parent) is a file. Creates nothing."""
     out = Path(os.path.abspath(out_dir))
     for p in (out, *out.parents):
@@ -349,30 +333,6 @@ def _stat_nofollow(path: Path) -> os.stat_result | None:
         return None
 
 
-def check_scale(predictor: Any, path: Path, shape: tuple[int, int], mpp: float) -> None:
-    """Refuse (:class:`GlandsegError` naming the file and the resolution) an image of
-    ``shape = (H, W)`` px at ``mpp`` µm/px that the whole-image path would enlarge more than
-    :data:`MAX_UPSCALE` times, or to more than :data:`MAX_MODEL_PIXELS`, at the model's
-    resolution. A predictor without ``zoom``/``mpp`` (no resolution) passes."""
-    zoom_of, model_mpp = getattr(predictor, "zoom", None), getattr(predictor, "mpp", None)
-    if zoom_of is None or model_mpp is None:
-        return
-    zoom = float(zoom_of(mpp))
-    h, w = shape
-    mh, mw = max(1, round(h * zoom)), max(1, round(w * zoom))
-    at = (f"{path}: at {mpp:g} µm/px this {w}x{h} px image is {mw}x{mh} px at the model's "
-          f"{model_mpp:g} µm/px")
-    if zoom > MAX_UPSCALE:
-        raise GlandsegError(f"{at}, enlarged {zoom:.3g}x (at most {MAX_UPSCALE:g}x: it holds "
-                            "too little detail for the model); check --input-mpp (e.g. 0.25 "
-                            "for a 40x scan) or the resolution in the file's metadata")
-    if mh * mw > MAX_MODEL_PIXELS:
-        raise GlandsegError(f"{at} ({mh * mw / 1e6:.0f} MP, over the "
-                            f"{MAX_MODEL_PIXELS / 1e6:g} MP of the whole-image path); check "
-                            "--input-mpp, or convert it to a tiled pyramidal TIFF (`vips "
-                            "tiffsave IN OUT.tif --tile --pyramid`), which goes the slide path")
-
-
 def count_glands(labels: np.ndarray) -> int:
     """Glands in a label image ``(H, W)`` (0 = background): the ids present, which is what
     ``glands.csv`` gets a row for (ids may have gaps, so not ``labels.max()``)."""
@@ -405,7 +365,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    out = _prepare_out(out_dir)
+    out = prepare_out(out_dir)
     check_writable(out)
     stems = [p.stem for p in paths]
     dup = sorted({s for s in stems if stems.count(s) > 1})
@@ -432,7 +392,7 @@ def plan_outputs(paths: Sequence[Path], out_dir: str | os.PathLike,
     problems: list[str] = []
     existing: dict[Path, str] = {}
     if out.is_dir():
-        problems += [why for name in JOINED if (why := _csv_problem(out, name))]
+        problems += [why for name in JOINED if (why := csv_problem(out, name))]
         for p in paths:
             state, why = _image_state(out, p.stem, slide[p])
             problems += why
@@ -495,8 +455,6 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
         _write_record(out, stem, rec)
         try:
             if slide is not None:
-                from glandseg.report.slide import write_slide_outputs
-
                 rows = write_slide_outputs(out, stem, slide, mpp)
             else:
                 props = None if grade is None else {
@@ -532,7 +490,7 @@ def join_glands_csv(out_dir: str | os.PathLike) -> int:
 
     out = Path(out_dir)
     with folder_lock(out):
-        problems = [why for name in JOINED if (why := _csv_problem(out, name))]
+        problems = [why for name in JOINED if (why := csv_problem(out, name))]
         if problems:
             raise GlandsegError(f"{_listed(problems)}; not rewritten: move it away and run again")
         recs = []
@@ -596,155 +554,3 @@ def failure_line(path: str, why: str) -> str:
     """``failed: PATH: WHY`` for a failed input, naming the path once (most errors start
     with it already)."""
     return f"failed: {why}" if why.startswith(f"{path}:") else f"failed: {path}: {why}"
-
-
-@dataclass
-class PredictReport:
-    """What a batch did: images segmented / skipped, glands found, failures ``(path, why)``."""
-
-    n_ok: int = 0
-    n_glands: int = 0
-    n_skipped: int = 0
-    n_rows: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def input_resolution(predictor: Any, path: Path, mpp: float | None) -> float:
-    """µm/px of the input ``path``: ``mpp`` if given, else the predictor's rule
-    (:meth:`Predictor.resolution_of`: ``input_mpp``, file metadata, else the model's, said
-    once); for a predictor without one: the file's metadata, else GlaS's 0.62005."""
-    rule = getattr(predictor, "resolution_of", None)
-    if rule is not None:
-        return rule(path, mpp)
-    return mpp if mpp is not None else (read_mpp(path)[0] or GLAS_MPP)
-
-
-def _predict_slide(out: Path, path: Path, predictor: Any, mpp: float | None, mode: str,
-                   progress: bool, client=None) -> int | None:
-    """One whole slide or large image → its outputs (:mod:`glandseg.infer.slide`); the
-    number of glands, or ``None`` if complete outputs appeared meanwhile (``mode="skip"``).
-    The window cache is removed once the outputs are committed."""
-    from glandseg.data.slide import open_slide
-    from glandseg.infer.slide import predict_slide
-
-    with open_slide(path) as slide:
-        result = predict_slide(predictor, slide, out / STATE_DIR / "slides" / path.stem,
-                               input_mpp=mpp, progress=progress, client=client)
-        if not commit_image(out, path.stem, path, None, None, result.mpp, mode, slide=result):
-            return None
-    result.remove_cache()
-    for folder in (result.cache_dir.parent, result.cache_dir.parent.parent):
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # only when empty
-    return result.n_glands
-
-
-def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
-                  mpp: float | None = None, mode: str = "refuse",
-                  progress: bool = True, grader=None, client=None) -> PredictReport:
-    """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
-
-    ``predictor``: a :class:`Predictor` (called ``predict(image, mpp=...)``: segmented at
-    the model's resolution, labels at the input's), or anything with
-    ``predict(uint8 (H, W, 3)) -> (H, W)`` integer labels. ``mpp``: the inputs' µm/px
-    (default: per image, :func:`input_resolution`); the µm columns of ``glands.csv`` use it.
-    ``mode``: ``"refuse"`` / ``"overwrite"`` / ``"skip"`` existing outputs of ours.
-    ``progress``: a per-image bar on stderr (shown on a terminal only).
-    ``client``: a Dask ``distributed.Client`` (or ``concurrent.futures`` executor) on which
-    the windows of whole slides run as tasks (:func:`glandseg.infer.slide.predict_slide`).
-    ``grader``: an :class:`glandseg.grade.engine.ImageGrader` to grade each image (not
-    whole slides), or ``None``.
-    Raises :class:`GlandsegError` before writing anything if the run would overwrite an
-    input or a file glandseg did not write (:func:`plan_outputs`). An image that its
-    resolution would enlarge too much is a failed input (:func:`check_scale`). When writing
-    fails (``OSError``: a full disk, a folder made read-only) the batch stops, the images
-    finished so far are joined into ``glands.csv`` / ``images.csv``, nothing is left
-    half-written (:func:`commit_image`) and a one-line :class:`GlandsegError` names the
-    folder. Temporary files of a killed earlier run are removed at the start
-    (:func:`clean_stale_temps`).
-    """
-    started = time.time()
-    todo, skipped = plan_outputs(paths, out_dir, mode)
-    out = _prepare_out(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with folder_lock(out):
-            stale = clean_stale_temps(out, started)
-    except OSError as exc:
-        raise GlandsegError(f"{out}: cannot write into the output folder "
-                            f"({exc.strerror or exc}); choose another --out") from exc
-    if stale:
-        log.info("removed %d temporary file(s) of an interrupted earlier run from %s",
-                 len(stale), out)
-    report = PredictReport(n_skipped=len(skipped))
-    if skipped:
-        log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
-    write_error: tuple[Path, OSError] | None = None
-    n_left = 0
-    bar = tqdm(todo, desc="predict", unit="img", disable=None if progress else True)
-    for i, path in enumerate(bar):
-        try:
-            if is_large(path):
-                try:
-                    n = _predict_slide(out, path, predictor, mpp, mode, progress, client)
-                except OSError as exc:
-                    write_error, n_left = (path, exc), len(todo) - i
-                    break
-                report.n_skipped += n is None
-                report.n_ok += n is not None
-                report.n_glands += n or 0
-                continue
-            image = read_image(path)
-            mpp_i = input_resolution(predictor, path, mpp)
-            check_scale(predictor, path, image.shape[:2], mpp_i)
-            unc = None
-            if hasattr(predictor, "predict_with_proba"):  # dense models: also how unsure
-                labels, probs = predictor.predict_with_proba(image, mpp=mpp_i)
-                unc = None if probs is None else uncertainty(probs)
-            elif hasattr(predictor, "resolution_of"):
-                labels = predictor.predict(image, mpp=mpp_i)
-            else:
-                labels = predictor.predict(image)
-            grade = _grade(grader, predictor, path, image, labels)
-            try:
-                done = commit_image(out, path.stem, path, image, labels, mpp_i, mode,
-                                    grade=grade, uncertainty=unc)
-            except OSError as exc:
-                write_error, n_left = (path, exc), len(todo) - i
-                break
-            if not done:
-                report.n_skipped += 1
-                continue
-        except GlandsegError as exc:
-            log.error("%s", exc)
-            report.failed.append((str(path), str(exc)))
-            continue
-        report.n_ok += 1
-        report.n_glands += count_glands(labels)
-    try:
-        report.n_rows = join_glands_csv(out)
-        joined = None
-    except OSError as exc:
-        joined = exc
-    if write_error is None and joined is None:
-        return report
-    path, exc = write_error or (None, joined)
-    where = f" at {path.name}" if path is not None else f" writing {CSV_NAME}"
-    kept = (f"{report.n_ok} image(s) of this run finished and are in {CSV_NAME}"
-            if joined is None else
-            f"{report.n_ok} image(s) of this run finished ({CSV_NAME} not rebuilt)")
-    failed = f", {len(report.failed)} failed" if report.failed else ""
-    raise GlandsegError(f"{out}: cannot write ({exc.strerror or exc}){where}; stopped: {kept}"
-                        f", {n_left} not done{failed}; free space (or fix the folder) and run "
-                        "again with --skip-existing") from exc
-
-
-def _grade(grader, predictor, path: Path, image, labels):
-    """The image's grade (``None`` without a grader, or if grading fails: logged)."""
-    if grader is None:
-        return None
-    try:
-        return grader.grade(image, labels if grader.shares(predictor) else None)
-    except (GlandsegError, ValueError) as exc:
-        log.warning("%s: not graded (%s)", path, exc)
-        return None

@@ -1,7 +1,7 @@
-"""``glandseg evaluate``: predict GlaS Test A and B, score with the official metrics, rank
-against the published table and draw the study's Fig. 4.
+"""The files of ``glandseg evaluate`` (the pipeline that predicts GlaS Test A and B, scores
+them and grades them is :func:`glandseg.engine.evaluate.evaluate_model`).
 
-Writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metrics.json``
+It writes to the output folder: ``predictions/<stem>.png`` (16-bit labels), ``metrics.json``
 (the shape of ``glandseg score`` plus ``bce``/``count_score``/``pixel_dice`` in each
 part's ``per_image``, and per part ``n_images_total`` and ``partial``: fewer images scored
 than the data folder has, as with ``--limit``), ``per_image.csv``, ``leaderboard.txt`` +
@@ -23,20 +23,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from glandseg import GlandsegError
-from glandseg.data.discover import discover
-from glandseg.data.io import read_image, read_label, read_mpp, write_label, write_text
-from glandseg.infer.predictor import Predictor
-from glandseg.models.config import GLAS_MPP
+from glandseg.data.io import read_image, write_text
 
 log = logging.getLogger(__name__)
-
-
-def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
-    """Gland probability ``(H, W)`` from a dense model's ``(C, H, W)`` output."""
-    return probs[0] if task == "binary" else 1.0 - probs[0]
 
 
 #: Fixed outputs of an evaluation (besides ``predictions/``); each must not be a folder.
@@ -70,89 +61,7 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
-def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
-                   name: str = "glandseg", splits: tuple[str, ...] = ("testA", "testB"),
-                   limit: int | None = None, progress: bool = True,
-                   grader: str | Path | None | bool = None) -> dict:
-    """Evaluate ``predictor`` on the test parts of the GlaS folder ``data``.
-
-    ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
-    not the official figures: each part of ``metrics.json`` carries ``"n_images_total"``,
-    the part's annotated images in ``data``, and ``"partial": true`` when fewer were
-    scored, and the leaderboard shows the result unranked). ``progress``: a per-image bar
-    on stderr (on a terminal). ``grader``: a grader JSON (``None``: the bundled one,
-    ``False``: no grading). Returns the metrics dict also written to ``metrics.json``.
-    """
-    from glandseg.metrics.score import evaluate_pairs, split_gt_components
-
-    out = check_out_dir(out)
-    samples = [s for s in discover(data, splits=splits) if s.anno is not None]
-    totals = {sp: sum(s.split == sp for s in samples) for sp in splits}
-    if limit:
-        samples = [s for sp in splits for s in [x for x in samples if x.split == sp][:limit]]
-    if not samples:
-        raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
-    from glandseg.report.error_overlay import write_error_outputs
-    from glandseg.report.grading import GradeLog
-
-    grading = None if grader is False else GradeLog.open(predictor, grader or None)
-    results, split_results, sharpened = [], [], {}
-    dense = predictor.task != "instances"
-    for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
-        image, truth = read_image(s.image), read_label(s.anno, what="annotation")
-        # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
-        mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
-        labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
-        if predictor.deblur and getattr(predictor, "last_sharpened", False):
-            sharpened[s.name] = round(float(predictor.last_extra_blur), 3)
-        prob = foreground_probability(probs, predictor.task) if dense else None
-        write_label(out / "predictions" / f"{s.name}.png", labels)
-        results += evaluate_pairs([(s.name, labels, truth, prob)])
-        split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
-        write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
-        if grading is not None:
-            grading.add(s.name, s.split, s.grade, image, labels)
-    _write_settings(predictor, out, data, splits, limit, sharpened)
-    metrics = _write_metrics(results, name, out, "", totals)
-    _write_metrics(split_results, name, out, "_split_gt", totals)
-    _figures(results, samples, out)
-    from glandseg.report.html import write_report
-
-    if grading is not None:
-        grading.write(out)
-    write_report(out, f"glandseg evaluation: {name}", grades=grading is not None)
-    return metrics
-
-
-def _write_settings(predictor: Predictor, out: Path, data: str | Path,
-                    splits: tuple[str, ...], limit: int | None, sharpened: dict) -> None:
-    """``settings.json``: what produced the figures beside it (model and weights
-    fingerprint, resolution, tiling, TTA, stain normalisation, deblur and the images it
-    sharpened, post-processing, data, glandseg version)."""
-    from datetime import UTC, datetime
-
-    from glandseg import __version__
-    from glandseg.infer.slide import model_id
-
-    tiling = predictor.tiling
-    rec = {
-        "glandseg": __version__,
-        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": predictor.config.get("model"), "task": predictor.task,
-        "model_fingerprint": model_id(predictor),
-        "model_mpp": predictor.mpp, "input_mpp": getattr(predictor, "input_mpp", None),
-        "tiling": tiling.as_dict() if hasattr(tiling, "as_dict") else str(tiling),
-        "tta": bool(getattr(predictor, "tta", False)),
-        "stain_norm": getattr(predictor, "stain_norm", None),
-        "deblur": getattr(predictor, "deblur", None) or "off",
-        "sharpened_images": sharpened,
-        "postprocess": predictor.config.get("postprocess"),
-        "data": str(data), "splits": list(splits), "limit": limit,
-    }
-    write_text(out / "settings.json", json.dumps(rec, indent=2) + "\n")
-
-
-def _write_metrics(results: list, name: str, out: Path, suffix: str,
+def write_metrics(results: list, name: str, out: Path, suffix: str,
                    totals: dict[str, int] | None = None) -> dict:
     """``metrics{suffix}.json``, ``per_image{suffix}.csv`` and the leaderboard files.
 
@@ -175,11 +84,11 @@ def _write_metrics(results: list, name: str, out: Path, suffix: str,
     w.writeheader()
     w.writerows(rows)
     write_text(out / f"per_image{suffix}.csv", buf.getvalue())
-    _leaderboard(metrics, name, out, suffix)
+    write_leaderboard(metrics, name, out, suffix)
     return metrics
 
 
-def _leaderboard(metrics: dict, name: str, out: Path, suffix: str = "") -> None:
+def write_leaderboard(metrics: dict, name: str, out: Path, suffix: str = "") -> None:
     if not {"testA", "testB"} <= set(metrics):
         log.info("leaderboard needs both Test A and Test B; skipped")
         return
@@ -191,7 +100,11 @@ def _leaderboard(metrics: dict, name: str, out: Path, suffix: str = "") -> None:
     write_csv(out / f"leaderboard{suffix}.csv", rows)
 
 
-def _figures(results: list, samples: list, out: Path) -> None:
+def write_figures(results: list, samples: list, out: Path) -> None:
+    """``fig4_<part>.png``: the best, average and worst image of each test part by object
+    Dice (``results``: :func:`glandseg.metrics.score.evaluate_pairs` records; ``samples``:
+    the :class:`glandseg.data.discover.Sample` scored, predictions read back from
+    ``out/predictions``)."""
     from glandseg.data.io import read_label as _rl
     from glandseg.report.figures import ImageRecord, best_average_worst, pick_best_average_worst
 

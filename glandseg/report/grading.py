@@ -1,12 +1,11 @@
-"""Grades in the outputs: the grading step of ``glandseg evaluate`` and ``glandseg grade``.
+"""Grades in the outputs of ``glandseg evaluate`` and ``glandseg grade`` (the grading itself
+is :mod:`glandseg.engine.grade`; this module writes files and formats tables).
 
-- :func:`open_grader`: the bundled (or given) grader ready to grade images, or ``None``
-  with a warning when it cannot grade (e.g. it was fit on other segmentation weights);
-- :class:`GradeLog`: collects per-image grades during an evaluation and writes
-  ``grades.csv`` (image, part, truth, grade, grade_probability, correct) and
-  ``grading.json`` (accuracy, balanced accuracy, ROC AUC, confusion matrix per test part
-  and for all images together, beside the majority-class baseline; a metric that is not
+- :func:`write_grading`: an evaluation's ``grades.csv`` (image, part, truth, grade,
+  grade_probability, correct) and ``grading.json`` (accuracy, balanced accuracy, ROC AUC,
+  confusion matrix per test part and for all images together, beside the majority-class baseline; a metric that is not
   defined, e.g. ROC AUC of a part with one class, is ``null``);
+- :func:`format_grading`: ``grading.json`` as a plain-text table;
 - :func:`grades_csv`: the text of ``glandseg grade``'s ``grades.csv`` (image, grade,
   grade_probability).
 
@@ -23,11 +22,9 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glandseg import GlandsegError
 from glandseg.data.io import csv_quoting, csv_safe, write_text
 
 log = logging.getLogger(__name__)
@@ -38,88 +35,20 @@ GRADING_JSON = "grading.json"
 PROBABILITY = "grade_probability"
 
 
-def open_grader(predictor=None, grader: str | Path | None = None, device: str = "auto"):
-    """An :class:`~glandseg.grade.engine.ImageGrader` (``grader``: a grader JSON, ``None``
-    = bundled) reusing ``predictor`` when it has the grader's segmentation weights; ``None``
-    (warning logged) when the grader cannot be used."""
-    from glandseg.grade.engine import ImageGrader
-
-    try:
-        return ImageGrader.load(grader, predictor, device=device)
-    except GlandsegError as exc:
-        log.warning("no grades: %s", exc)
-        return None
-
-
-@dataclass
-class GradeLog:
-    """Per-image grades of an evaluation (see the module doc). ``grader``: an
-    :class:`~glandseg.grade.engine.ImageGrader`; ``predictor``: the evaluated model (its
-    labels are reused when the grader was fit on it)."""
-
-    grader: Any
-    predictor: Any = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._reuse = self.grader.shares(self.predictor)
-
-    @classmethod
-    def open(cls, predictor=None, grader: str | Path | None = None) -> GradeLog | None:
-        """A log grading with :func:`open_grader` (``None`` if it cannot grade)."""
-        g = open_grader(predictor, grader, device=getattr(predictor, "device", "auto"))
-        return None if g is None else cls(g, predictor)
-
-    def add(self, stem: str, part: str, truth: str | None, image, labels=None) -> None:
-        """Grade one image ``uint8 (H, W, 3)``; ``labels``: the evaluated model's labels
-        ``(H, W)`` (0 = background), reused if the grader was fit on that model."""
-        g = self.grader.grade(image, labels if self._reuse else None)
-        self.rows.append({"image": stem, "part": part, "truth": truth or "",
-                          "grade": g.grade, PROBABILITY: g.probability,
-                          "correct": "" if not truth else int(truth == g.grade)})
-
-    def summary(self) -> dict:
-        """``grading.json``'s content: per part and ``all`` :func:`binary_metrics`."""
-        from glandseg.grade.classifier import binary_metrics
-
-        gr = self.grader.grader
-        majority = gr.fit.get("train_majority")
-        rows = [r for r in self.rows if r["truth"] in ("benign", "malignant")]
-        parts: dict[str, Any] = {}
-        for part in sorted({r["part"] for r in rows}):
-            rs = [r for r in rows if r["part"] == part]
-            parts[part] = binary_metrics([r["truth"] for r in rs],
-                                         [r[PROBABILITY] for r in rs], gr.threshold, majority)
-        if len(parts) > 1:
-            parts["all"] = binary_metrics([r["truth"] for r in rows],
-                                          [r[PROBABILITY] for r in rows], gr.threshold,
-                                          majority)
-        parts = _no_nan(parts)
-        return {
-            "grader": {"feature_set": gr.feature_set, "features": len(gr.features),
-                       "segmentation": gr.segmentation.model,
-                       "fingerprint": gr.segmentation.fingerprint,
-                       "n_train": gr.fit.get("n_images"), "cv_chosen": gr.fit.get("chosen"),
-                       "source": gr.source},
-            "threshold": gr.threshold,
-            "parts": parts,
-        }
-
-    def write(self, out: str | Path) -> dict:
-        """Write ``grades.csv`` and ``grading.json`` into ``out``; returns the summary."""
-        out = Path(out)
-        buf = io.StringIO()
-        cols = ["image", "part", "truth", "grade", PROBABILITY, "correct"]
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n",
-                           quoting=csv_quoting(r["image"] for r in self.rows))
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({**r, "image": csv_safe(r["image"]),
-                        PROBABILITY: f"{r[PROBABILITY]:.6f}"})
-        write_text(out / GRADES_CSV, buf.getvalue())
-        summary = self.summary()
-        write_text(out / GRADING_JSON, json.dumps(summary, indent=2) + "\n")
-        return summary
+def write_grading(out: str | Path, rows: Sequence[dict[str, Any]], summary: dict) -> None:
+    """Write ``grades.csv`` (``rows``: ``image, part, truth, grade, grade_probability,
+    correct`` per image) and ``grading.json`` (``summary``: per part metrics, see
+    :meth:`glandseg.engine.grade.GradeLog.summary`) into ``out``, each atomically."""
+    out = Path(out)
+    buf = io.StringIO()
+    cols = ["image", "part", "truth", "grade", PROBABILITY, "correct"]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n",
+                       quoting=csv_quoting(r["image"] for r in rows))
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "image": csv_safe(r["image"]), PROBABILITY: f"{r[PROBABILITY]:.6f}"})
+    write_text(out / GRADES_CSV, buf.getvalue())
+    write_text(out / GRADING_JSON, json.dumps(summary, indent=2) + "\n")
 
 
 def grades_csv(rows: Sequence[tuple[str, str, float]]) -> str:
@@ -133,13 +62,13 @@ def grades_csv(rows: Sequence[tuple[str, str, float]]) -> str:
     return buf.getvalue()
 
 
-def _no_nan(obj: Any) -> Any:
+def no_nan(obj: Any) -> Any:
     """``obj`` with every NaN float (an undefined metric) replaced by ``None`` (JSON
     ``null``: JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
+        return {k: no_nan(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_no_nan(v) for v in obj]
+        return [no_nan(v) for v in obj]
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
@@ -153,7 +82,7 @@ def _metric(v: Any, width: int, why: str = "n/a") -> str:
 
 
 def format_grading(summary: dict) -> str:
-    """A plain-text table of :meth:`GradeLog.summary` (printed by ``glandseg evaluate``)."""
+    """A plain-text table of :meth:`glandseg.engine.grade.GradeLog.summary` (printed by ``glandseg evaluate``)."""
     one_class = "n/a (one class)"
     wide = any(m.get("roc_auc") is None or m["roc_auc"] != m["roc_auc"]
                for m in summary["parts"].values())

@@ -60,7 +60,7 @@ GLAND_COLUMNS: tuple[str, ...] = (
 
 #: QuPath classification of every exported object (colour: packed as ``[r, g, b]``).
 GLAND_CLASS = {"name": "Gland", "color": [0, 200, 0]}
-_UUID_NAMESPACE = uuid.UUID("6f1c2d0e-5b7a-4c1e-9a51-2f0d1c9e8b31")
+UUID_NAMESPACE = uuid.UUID("6f1c2d0e-5b7a-4c1e-9a51-2f0d1c9e8b31")
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -274,7 +274,7 @@ def measure(labels: np.ndarray, mpp: float | None = None, image: str = "") -> li
     return rows
 
 
-def _geojson_measurements(row: Mapping[str, Any]) -> dict[str, float]:
+def geojson_measurements(row: Mapping[str, Any]) -> dict[str, float]:
     names = {
         "area_px": "Area px^2",
         "area_um2": "Area µm^2",
@@ -337,7 +337,7 @@ def to_geojson(
         features.append(
             {
                 "type": "Feature",
-                "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image_name}/{idx}")),
+                "id": str(uuid.uuid5(UUID_NAMESPACE, f"{image_name}/{idx}")),
                 "geometry": geometry,
                 "properties": {
                     "objectType": object_type,
@@ -347,7 +347,7 @@ def to_geojson(
                         "color": list(GLAND_CLASS["color"]),
                     },
                     "isLocked": False,
-                    "measurements": _geojson_measurements(rows[idx]),
+                    "measurements": geojson_measurements(rows[idx]),
                     "metadata": {"image": image_name, "gland_id": str(idx),
                                  **{f"image_{k}": str(v) for k, v in (properties or {}).items()}},
                 },

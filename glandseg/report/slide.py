@@ -26,26 +26,29 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from glandseg.data.io import atomic_path, write_image
 from glandseg.data.slide import write_pyramid
-from glandseg.report.batch import SLIDE_SUFFIXES
 from glandseg.report.outputs import (
-    _UUID_NAMESPACE,
     GLAND_CLASS,
-    _geojson_measurements,
+    UUID_NAMESPACE,
+    geojson_measurements,
     gland_polygons,
     measure,
     overlay,
 )
 
-if TYPE_CHECKING:
-    from glandseg.infer.slide import SlideLabels
-
 log = logging.getLogger(__name__)
+
+#: Outputs of one whole slide or large image (the labels as a pyramidal TIFF).
+SLIDE_SUFFIXES: tuple[str, ...] = (".tif", "_overlay.png", ".geojson")
+#: What a slide result must offer (:class:`glandseg.infer.slide.SlideLabels`; ``report``
+#: writes files and never imports inference): ``shape``, ``zoom``, ``thumbnail``,
+#: ``thumb_zoom``, ``level0(y, x, h, w, down)`` and ``gland_masks()``.
+SlideLabels = Any
 
 _PX_LENGTH = ("perimeter_px", "major_axis_px", "minor_axis_px")
 
@@ -78,14 +81,14 @@ def _feature(gid: int, polygons: list, row: dict[str, Any], image: str) -> dict[
                 else {"type": "MultiPolygon", "coordinates": polygons})
     return {
         "type": "Feature",
-        "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{image}/{gid}")),
+        "id": str(uuid.uuid5(UUID_NAMESPACE, f"{image}/{gid}")),
         "geometry": geometry,
         "properties": {
             "objectType": "annotation",
             "name": f"Gland {gid}",
             "classification": {"name": GLAND_CLASS["name"], "color": list(GLAND_CLASS["color"])},
             "isLocked": False,
-            "measurements": _geojson_measurements(row),
+            "measurements": geojson_measurements(row),
             "metadata": {"image": image, "gland_id": str(gid)},
         },
     }

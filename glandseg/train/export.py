@@ -367,8 +367,8 @@ def evaluate_test(name: str, data: str | Path, why: str, dest: str | Path | None
 def _evaluate_export(wpath: Path, name: str, data: str | Path, eval_dir: Path,
                      device: str, deblur: str = "auto") -> None:
     """Evaluate the exported files on Test A/B; keep the small outputs in ``eval_dir``."""
+    from glandseg.engine.evaluate import evaluate_model
     from glandseg.infer.predictor import Predictor
-    from glandseg.report.evaluate import evaluate_model
 
     tmp = eval_dir.with_name(eval_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

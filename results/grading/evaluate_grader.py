@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from glandseg.data.discover import discover
 from glandseg.data.io import read_image
-from glandseg.report.grading import GradeLog, format_grading
+from glandseg.engine.grade import GradeLog
+from glandseg.report.grading import format_grading
 
 HERE = Path(__file__).resolve().parent
 

@@ -125,7 +125,7 @@ def test_full_evaluation_reproduces_the_committed_figures(model: str, glas_dir: 
     and ``metrics_split_gt.json`` (those the README and the model card quote) come back from
     the shipped weights. Tolerances as above, summed over a part: pooled counts within two
     objects, object Dice and F1 within 0.005, object Hausdorff within 2 %."""
-    from glandseg.report.evaluate import evaluate_model
+    from glandseg.engine.evaluate import evaluate_model
 
     evaluate_model(load_predictor(model), glas_dir, tmp_path, name=model)
     for name in ("metrics.json", "metrics_split_gt.json"):

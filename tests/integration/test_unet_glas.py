@@ -14,7 +14,7 @@ import pytest
 
 from glandseg.data.io import read_image, read_label
 from glandseg.infer.predictor import Predictor
-from glandseg.report.evaluate import evaluate_model
+from glandseg.engine.evaluate import evaluate_model
 from glandseg.train.loop import TrainConfig, train
 from tests.conftest import make_glas_folder
 

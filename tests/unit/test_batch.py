@@ -16,6 +16,7 @@ from PIL import Image
 
 from glandseg import GlandsegError
 from glandseg.data.io import read_label
+from glandseg.engine import predict as engine
 from glandseg.report import batch
 from glandseg.report import outputs as o
 from tests.conftest import synth_pair
@@ -62,27 +63,27 @@ def test_output_over_input_refused_nothing_written(tmp_path: Path) -> None:
     paths = _images(d, ["a", "b"])
     before = _snapshot(d)
     with pytest.raises(GlandsegError, match=r"overwrite an input.*a\.png"):
-        batch.predict_files(batch.collect_inputs([str(d)]), d, FakePredictor())
+        engine.predict_files(batch.collect_inputs([str(d)]), d, FakePredictor())
     assert _snapshot(d) == before and not (d / ".glandseg").exists()
     # the same through a symlink in --out pointing at the input
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").symlink_to(paths[0])
     with pytest.raises(GlandsegError, match="overwrite an input"):
-        batch.predict_files(paths, out, FakePredictor())
+        engine.predict_files(paths, out, FakePredictor())
     assert (out / "a.png").is_symlink() and _snapshot(d) == before
     # ... and through a hard link
     (out / "a.png").unlink()
     os.link(paths[0], out / "a.png")
     with pytest.raises(GlandsegError, match="overwrite an input"):
-        batch.predict_files(paths, out, FakePredictor())
+        engine.predict_files(paths, out, FakePredictor())
     assert _snapshot(d) == before
 
 
 def test_jpg_inputs_into_their_own_folder_and_rerun(tmp_path: Path) -> None:
     d = tmp_path / "imgs"
     _images(d, ["a", "b"], ext=".jpg")
-    rep = batch.predict_files(batch.collect_inputs([str(d)]), d, FakePredictor())
+    rep = engine.predict_files(batch.collect_inputs([str(d)]), d, FakePredictor())
     assert rep.n_ok == 2 and (d / "a.png").is_file()
     # the label images glandseg wrote are not taken for inputs on the next run
     assert [p.name for p in batch.collect_inputs([str(d)])] == ["a.jpg", "b.jpg"]
@@ -100,24 +101,24 @@ def test_out_file_or_output_folder_refused(tmp_path: Path, case: str) -> None:
             parents=True)
         match = "is a folder"
     with pytest.raises(GlandsegError, match=match):
-        batch.predict_files(paths, out, FakePredictor())
+        engine.predict_files(paths, out, FakePredictor())
     assert not (tmp_path / "out" / ".glandseg").exists()
 
 
 def test_rerun_refused_then_overwrite_or_skip(tmp_path: Path) -> None:
     paths = _images(tmp_path / "in", ["a", "b"])
     out = tmp_path / "out"
-    batch.predict_files(paths, out, FakePredictor())
+    engine.predict_files(paths, out, FakePredictor())
     first = read_label(out / "a.png")
     before = _snapshot(out)
     with pytest.raises(GlandsegError, match="--overwrite.*--skip-existing"):
-        batch.predict_files(paths, out, FakePredictor(shift=10))
+        engine.predict_files(paths, out, FakePredictor(shift=10))
     assert _snapshot(out) == before
     fake = FakePredictor(shift=10)
-    rep = batch.predict_files(paths, out, fake, mode="skip")
+    rep = engine.predict_files(paths, out, fake, mode="skip")
     assert rep.n_skipped == 2 and rep.n_ok == 0 and fake.calls == 0
     assert _snapshot(out) == before
-    rep = batch.predict_files(paths, out, FakePredictor(shift=10), mode="overwrite")
+    rep = engine.predict_files(paths, out, FakePredictor(shift=10), mode="overwrite")
     assert rep.n_ok == 2
     np.testing.assert_array_equal(read_label(out / "a.png"), np.where(first > 0, first + 10, 0))
     ids = sorted(int(r["gland_id"]) for r in _rows(out) if r["image"] == "a")
@@ -131,13 +132,13 @@ def test_foreign_or_edited_files_never_overwritten(tmp_path: Path, mode: str) ->
     out.mkdir()
     (out / "a.geojson").write_text("my own notes")
     with pytest.raises(GlandsegError, match="a.geojson exists and was not written by glandseg"):
-        batch.predict_files(paths, out, FakePredictor(), mode=mode)
+        engine.predict_files(paths, out, FakePredictor(), mode=mode)
     assert (out / "a.geojson").read_text() == "my own notes" and not (out / "b.png").exists()
     (out / "a.geojson").unlink()
-    batch.predict_files(paths, out, FakePredictor())
+    engine.predict_files(paths, out, FakePredictor())
     (out / "b_overlay.png").write_bytes(b"edited by hand")
     with pytest.raises(GlandsegError, match="b_overlay.png was changed after glandseg"):
-        batch.predict_files(paths, out, FakePredictor(), mode=mode)
+        engine.predict_files(paths, out, FakePredictor(), mode=mode)
     assert (out / "b_overlay.png").read_bytes() == b"edited by hand"
     (out / "b_overlay.png").unlink()
     text = (out / "a.geojson").read_text()
@@ -145,7 +146,7 @@ def test_foreign_or_edited_files_never_overwritten(tmp_path: Path, mode: str) ->
     assert len(edited) == len(text) and edited != text
     (out / "a.geojson").write_text(edited)
     with pytest.raises(GlandsegError, match="a.geojson was changed after glandseg"):
-        batch.predict_files(paths, out, FakePredictor(), mode=mode)
+        engine.predict_files(paths, out, FakePredictor(), mode=mode)
     assert (out / "a.geojson").read_text() == edited
 
 
@@ -155,7 +156,7 @@ def test_foreign_glands_csv_refused(tmp_path: Path) -> None:
     out.mkdir()
     (out / "glands.csv").write_text("image,my column\n")
     with pytest.raises(GlandsegError, match="glands.csv exists and was not written"):
-        batch.predict_files(paths, out, FakePredictor())
+        engine.predict_files(paths, out, FakePredictor())
     assert (out / "glands.csv").read_text() == "image,my column\n"
     assert not (out / "a.png").exists()
 
@@ -164,9 +165,9 @@ def test_runs_into_one_folder_merge_by_image(tmp_path: Path) -> None:
     pa = _images(tmp_path / "in1", ["img_2", "img_10"])
     pb = _images(tmp_path / "in2", ["img_1"])
     out = tmp_path / "out"
-    batch.predict_files(pa, out, FakePredictor())
+    engine.predict_files(pa, out, FakePredictor())
     n_a = len(_rows(out))
-    rep = batch.predict_files(pb, out, FakePredictor())
+    rep = engine.predict_files(pb, out, FakePredictor())
     rows = _rows(out)
     assert rep.n_rows == len(rows) > n_a
     images = [r["image"] for r in rows]
@@ -175,7 +176,7 @@ def test_runs_into_one_folder_merge_by_image(tmp_path: Path) -> None:
     # a run whose inputs all fail keeps every earlier row
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rep = batch.predict_files([bad], out, FakePredictor())
+    rep = engine.predict_files([bad], out, FakePredictor())
     assert rep.failed and rep.n_ok == 0 and _rows(out) == rows
     # an image whose outputs the user deleted leaves glands.csv at the next join
     (out / "img_1.png").unlink()
@@ -183,7 +184,7 @@ def test_runs_into_one_folder_merge_by_image(tmp_path: Path) -> None:
     assert {r["image"] for r in _rows(out)} == {"img_2", "img_10"}
     # the joined CSV is the exact text the per-image rows give
     lab = read_label(out / "img_2.png")
-    want = o.glands_csv(o.format_rows(o.measure(lab, batch.GLAS_MPP, image="img_2")))
+    want = o.glands_csv(o.format_rows(o.measure(lab, engine.GLAS_MPP, image="img_2")))
     assert want.splitlines()[1:] == [ln for ln in (out / "glands.csv").read_text().splitlines()
                                      if ln.startswith("img_2,")]
 
@@ -198,12 +199,12 @@ def test_interrupted_image_write_is_recoverable(tmp_path: Path, monkeypatch) -> 
     with monkeypatch.context() as m:
         m.setattr(o, "write_image", killed)
         with pytest.raises(RuntimeError):
-            batch.predict_files(paths, out, FakePredictor())
+            engine.predict_files(paths, out, FakePredictor())
     assert (out / "a.png").is_file() and not (out / "a_overlay.png").exists()
     # the half-written label is ours (pending record): refused by default, redone on resume
     with pytest.raises(GlandsegError, match="--skip-existing"):
-        batch.predict_files(paths, out, FakePredictor())
-    rep = batch.predict_files(paths, out, FakePredictor(), mode="skip")
+        engine.predict_files(paths, out, FakePredictor())
+    rep = engine.predict_files(paths, out, FakePredictor(), mode="skip")
     assert rep.n_ok == 2 and rep.n_skipped == 0
     assert {r["image"] for r in _rows(out)} == {"a", "b"}
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".glandseg"]
@@ -216,7 +217,7 @@ def test_glands_csv_recognised_after_a_kill_at_any_write(tmp_path: Path, monkeyp
 
     paths = _images(tmp_path / "in", ["a", "b", "c", "d"])
     out = tmp_path / "out"
-    batch.predict_files(paths[:1], out, FakePredictor())
+    engine.predict_files(paths[:1], out, FakePredictor())
     real = batch.write_text
     for kill_at, path in enumerate(paths[1:]):  # meta (both sums), glands.csv, meta (new)
         image = read_image(path)  # a new image, so the joined text changes
@@ -240,7 +241,7 @@ def test_glands_csv_recognised_after_a_kill_at_any_write(tmp_path: Path, monkeyp
 
 def _worker(paths: list[str], out: str, start, shift: int) -> None:
     start.wait()
-    rep = batch.predict_files([Path(p) for p in paths], out, FakePredictor(shift, delay=0.02),
+    rep = engine.predict_files([Path(p) for p in paths], out, FakePredictor(shift, delay=0.02),
                               progress=False)
     assert rep.n_ok == len(paths)
 

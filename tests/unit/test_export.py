@@ -92,7 +92,7 @@ def test_evaluate_export_keeps_only_the_small_outputs(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluation of an export keeps EVAL_KEEP and drops the rest, folders included
     (``glandseg evaluate`` also writes errors/, predictions/, report.html, ...)."""
-    import glandseg.report.evaluate as ev_mod
+    import glandseg.engine.evaluate as ev_mod
     from glandseg.infer.predictor import Predictor
     from glandseg.train import export
 

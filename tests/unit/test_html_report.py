@@ -153,7 +153,7 @@ def _evaluation_folder(root: Path, n_a: int = 3, n_b: int = 2) -> Path:
     """An evaluation folder as ``glandseg evaluate`` writes it, from synthetic images
     (metrics, leaderboard, grades, error overlays; no model needed)."""
     from glandseg.metrics.score import evaluate_pairs, split_gt_components
-    from glandseg.report.evaluate import _write_metrics
+    from glandseg.report.evaluate import write_metrics
 
     out = root / "ev"
     out.mkdir(parents=True)
@@ -171,8 +171,8 @@ def _evaluation_folder(root: Path, n_a: int = 3, n_b: int = 2) -> Path:
             truth = "malignant" if i % 2 else "benign"
             grades.append({"image": stem, "part": part, "truth": truth, "grade": "malignant",
                            "grade_probability": f"{0.4 + 0.1 * i:.6f}", "correct": ""})
-    _write_metrics(results, "ours", out, "", None)
-    _write_metrics(split_results, "ours", out, "_split_gt", None)
+    write_metrics(results, "ours", out, "", None)
+    write_metrics(split_results, "ours", out, "_split_gt", None)
     with (out / "grades.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(grades[0]))
         w.writeheader()

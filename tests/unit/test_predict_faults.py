@@ -25,6 +25,7 @@ from glandseg.cli import main
 from glandseg.data import io as gio
 from glandseg.data.io import csv_safe, file_problem, image_size, read_image, temp_target
 from glandseg.data.slide import is_large
+from glandseg.engine import predict as engine
 from glandseg.report import batch
 from glandseg.report import outputs as o
 from tests.conftest import synth_pair
@@ -205,7 +206,7 @@ def test_predict_outputs_are_in_the_displayed_frame(tmp_path: Path) -> None:
     p.parent.mkdir()
     _exif_jpeg(p)
     out = tmp_path / "out"
-    rep = batch.predict_files([p], out, FakePredictor(), progress=False)
+    rep = engine.predict_files([p], out, FakePredictor(), progress=False)
     assert rep.n_ok == 1 and rep.n_glands == 1
     assert np.asarray(Image.open(out / "turned.png")).shape == (384, 256)
     assert np.asarray(Image.open(out / "turned_overlay.png")).shape == (384, 256, 3)
@@ -223,16 +224,16 @@ def test_predict_outputs_are_in_the_displayed_frame(tmp_path: Path) -> None:
 def test_upscaling_is_capped(tmp_path: Path) -> None:
     pred = ScaledPredictor()
     with pytest.raises(GlandsegError, match=r"tiny\.png: at 100 µm/px .*enlarged 161x"):
-        batch.check_scale(pred, Path("tiny.png"), (32, 32), 100.0)
+        engine.check_scale(pred, Path("tiny.png"), (32, 32), 100.0)
     with pytest.raises(GlandsegError, match=r"big\.png: at 2 µm/px .*MP.*slide path"):
-        batch.check_scale(pred, Path("big.png"), (3000, 3000), 2.0)  # 9677² px at 0.62
-    batch.check_scale(pred, Path("ok.png"), (522, 775), 0.62005)  # GlaS: passes
-    batch.check_scale(pred, Path("ok.png"), (1000, 1000), 0.62005 * 7.9)  # 7.9x, 62 MP
-    batch.check_scale(FakePredictor(), Path("x.png"), (32, 32), 100.0)  # no resolution
+        engine.check_scale(pred, Path("big.png"), (3000, 3000), 2.0)  # 9677² px at 0.62
+    engine.check_scale(pred, Path("ok.png"), (522, 775), 0.62005)  # GlaS: passes
+    engine.check_scale(pred, Path("ok.png"), (1000, 1000), 0.62005 * 7.9)  # 7.9x, 62 MP
+    engine.check_scale(FakePredictor(), Path("x.png"), (32, 32), 100.0)  # no resolution
 
     imgs = _images(tmp_path / "in", ["tiny", "fine"], size=(32, 32))
     pred.calls = 0
-    rep = batch.predict_files(imgs, tmp_path / "out", pred, mpp=100.0, progress=False)
+    rep = engine.predict_files(imgs, tmp_path / "out", pred, mpp=100.0, progress=False)
     assert rep.n_ok == 0 and [Path(p).name for p, _ in rep.failed] == ["tiny.png", "fine.png"]
     assert pred.calls == 0 and "100 µm/px" in rep.failed[0][1]
 
@@ -241,7 +242,7 @@ def test_summary_counts_the_glands_in_the_outputs(tmp_path: Path) -> None:
     img = np.full((40, 48, 3), 230, np.uint8)
     img[5:20, 5:20] = 40  # one dark gland: id 1 + shift 4 = 5 (ids 1-4 absent)
     Image.fromarray(img).save(tmp_path / "one.png")
-    rep = batch.predict_files([tmp_path / "one.png"], tmp_path / "out", FakePredictor(shift=4),
+    rep = engine.predict_files([tmp_path / "one.png"], tmp_path / "out", FakePredictor(shift=4),
                               progress=False)
     assert rep.n_glands == 1 == len(_csv(tmp_path / "out" / "glands.csv")) == rep.n_rows
     assert batch.count_glands(np.array([[0, 5], [5, 9]])) == 2
@@ -273,7 +274,7 @@ def test_full_disk_keeps_finished_images_and_stops(tmp_path: Path, monkeypatch) 
     out = tmp_path / "out"
     _enospc_on(monkeypatch, o, "write_image", 2)  # b's overlay
     with pytest.raises(GlandsegError) as ei:
-        batch.predict_files(imgs, out, FakePredictor(), progress=False)
+        engine.predict_files(imgs, out, FakePredictor(), progress=False)
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith(f"{out}: cannot write")
     assert "No space left on device" in msg and "at b.png" in msg
@@ -286,7 +287,7 @@ def test_full_disk_keeps_finished_images_and_stops(tmp_path: Path, monkeypatch) 
         "a.geojson", "a.png", "a_overlay.png", "glands.csv", "images.csv", "index.html"]
     assert batch.read_record(out, "b") is None and not _temps(out)
     monkeypatch.undo()
-    rep = batch.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
+    rep = engine.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
     assert (rep.n_ok, rep.n_skipped) == (2, 1)
     assert [r["image"] for r in _csv(out / "images.csv")] == ["a", "b", "c"]
 
@@ -303,10 +304,10 @@ def test_full_disk_while_joining_glands_csv(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(batch, "write_joined", failing)
     with pytest.raises(GlandsegError, match=r"writing glands\.csv.*glands\.csv not rebuilt"):
-        batch.predict_files(imgs, out, FakePredictor(), progress=False)
+        engine.predict_files(imgs, out, FakePredictor(), progress=False)
     monkeypatch.undo()
     assert batch.read_record(out, "a")["state"] == "done"
-    rep = batch.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
+    rep = engine.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
     assert rep.n_skipped == 1 and [r["image"] for r in _csv(out / "glands.csv")] == ["a", "a"]
 
 
@@ -357,7 +358,7 @@ def test_read_only_out_for_real(tmp_path: Path) -> None:
 def test_stale_temp_files_are_cleaned_only_when_ours(tmp_path: Path) -> None:
     imgs = _images(tmp_path / "in", ["a", "b"])
     out = tmp_path / "out"
-    batch.predict_files(imgs[:1], out, FakePredictor(), progress=False)
+    engine.predict_files(imgs[:1], out, FakePredictor(), progress=False)
     old = time.time() - 3600
     stale = [out / ".a.k3j_x9q2.png", out / ".a_overlay.abcdefgh.png",
              out / ".glands.zz9_ab12.csv", out / ".glandseg" / "images" / ".a.abcdefgh.json",
@@ -371,7 +372,7 @@ def test_stale_temp_files_are_cleaned_only_when_ours(tmp_path: Path) -> None:
     fresh = out / ".a.freshxyz.png"  # written after this run started: left alone
     fresh.write_bytes(b"x")
     os.utime(fresh, (time.time() + 3600,) * 2)
-    rep = batch.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
+    rep = engine.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
     assert rep.n_ok == 1 and rep.n_skipped == 1
     assert not [p for p in stale if p.exists()]
     assert all(p.exists() for p in [*kept, fresh])
@@ -403,8 +404,8 @@ def test_formula_names_are_neutralised_and_still_merge(tmp_path: Path) -> None:
     stems = ["plain", *HOSTILE[:3]]
     imgs = _images(tmp_path / "in", stems + HOSTILE[3:] + ["=second"])
     out = tmp_path / "out"
-    first = batch.predict_files(imgs[:4], out, FakePredictor(), progress=False)
-    second = batch.predict_files(imgs[4:], out, FakePredictor(), progress=False)
+    first = engine.predict_files(imgs[:4], out, FakePredictor(), progress=False)
+    second = engine.predict_files(imgs[4:], out, FakePredictor(), progress=False)
     assert first.n_ok == 4 and second.n_ok == 4
     want = {s: ("'" + s if s != "plain" else s) for s in [*stems, *HOSTILE[3:], "=second"]}
     rows = _csv(out / "glands.csv")
@@ -416,10 +417,10 @@ def test_formula_names_are_neutralised_and_still_merge(tmp_path: Path) -> None:
         assert sum(g["image"] == r["image"] for g in rows) == n_glands[r["image"]] > 0
     # a re-run that skips them all rebuilds the same files (merge by image holds)
     before = (out / "glands.csv").read_bytes()
-    rep = batch.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
+    rep = engine.predict_files(imgs, out, FakePredictor(), mode="skip", progress=False)
     assert rep.n_skipped == 8 and (out / "glands.csv").read_bytes() == before
     # overwriting one hostile image replaces its rows, not adds to them
-    batch.predict_files(imgs[1:2], out, FakePredictor(), mode="overwrite", progress=False)
+    engine.predict_files(imgs[1:2], out, FakePredictor(), mode="overwrite", progress=False)
     assert (out / "glands.csv").read_bytes() == before
 
 
@@ -458,7 +459,8 @@ class _FakeGrader:
 
 
 def test_grading_with_one_class_says_na_and_writes_null(tmp_path: Path) -> None:
-    from glandseg.report.grading import GradeLog, format_grading
+    from glandseg.engine.grade import GradeLog
+    from glandseg.report.grading import format_grading
 
     log = GradeLog(_FakeGrader())
     for stem, part, truth in [("testA_1", "testA", "benign"), ("testA_2", "testA", "malignant"),
@@ -521,7 +523,7 @@ def test_index_links_are_relative_and_inert() -> None:
 def test_predict_index_with_a_script_file_name(tmp_path: Path) -> None:
     imgs = _images(tmp_path / "in", [SCRIPT_NAME, "plain"])
     out = tmp_path / "out"
-    assert batch.predict_files(imgs, out, FakePredictor(), progress=False).n_ok == 2
+    assert engine.predict_files(imgs, out, FakePredictor(), progress=False).n_ok == 2
     text = (out / "index.html").read_text()
     _links_are_inert(text, {f"{SCRIPT_NAME}_overlay.png", "plain.geojson"})
     for ref in re.findall(r'(?:href|src)="([^"]+)"', text):
@@ -538,7 +540,7 @@ def test_clicking_a_script_named_link_runs_nothing_in_chromium(tmp_path: Path) -
                     "index.html is skipped; the structural check of its links still runs")
     imgs = _images(tmp_path / "in", [SCRIPT_NAME])
     out = tmp_path / "out"
-    batch.predict_files(imgs, out, FakePredictor(), progress=False)
+    engine.predict_files(imgs, out, FakePredictor(), progress=False)
     text = (out / "index.html").read_text()
     click = ("<script>var l=[].find.call(document.querySelectorAll('a'),function(a){"
              "return a.textContent.indexOf('.geojson')>=0;});"

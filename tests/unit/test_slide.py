@@ -20,6 +20,7 @@ from torch import nn
 from glandseg import GlandsegError
 from glandseg.data import slide as ds
 from glandseg.data.slide import image_pixels, is_large, open_slide, write_pyramid
+from glandseg.engine import predict as engine
 from glandseg.infer import slide as isl
 from glandseg.infer.predictor import Predictor
 from glandseg.infer.slide import SlideConfig, predict_slide, tissue_mask, window_grid
@@ -373,7 +374,7 @@ def test_batch_sends_large_images_the_slide_way(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(isl, "SlideConfig", lambda: SMALL)
     out = tmp_path / "out"
     paths = batch.collect_inputs([str(src)])
-    rep = batch.predict_files(paths, out, stub_predictor(), mode="refuse", progress=False)
+    rep = engine.predict_files(paths, out, stub_predictor(), mode="refuse", progress=False)
     assert rep.n_ok == 3 and not rep.failed
     names = {p.name for p in out.iterdir()}
     assert {"plain.tif", "plain.geojson", "plain_overlay.png", "pyr.tif", "pyr.geojson",
@@ -385,7 +386,7 @@ def test_batch_sends_large_images_the_slide_way(tmp_path: Path, monkeypatch) -> 
     assert sum(r["image"] == "pyr" for r in rows) == 1
     lab = tifffile.imread(out / "plain.tif")
     assert objects(lab) == objects(stub_predictor().predict(img))
-    again = batch.predict_files(paths, out, Counting(fail=True), mode="skip", progress=False)
+    again = engine.predict_files(paths, out, Counting(fail=True), mode="skip", progress=False)
     assert again.n_skipped == 3 and again.n_ok == 0
     with pytest.raises(GlandsegError, match="already exist"):
         batch.plan_outputs(paths, out, "refuse")
@@ -404,11 +405,11 @@ def test_interrupted_batch_resumes_its_slide(tmp_path: Path, monkeypatch) -> Non
             return super().predict(image, mpp=mpp)
 
     out = tmp_path / "out"
-    rep = batch.predict_files([path], out, Dies(), progress=False)
+    rep = engine.predict_files([path], out, Dies(), progress=False)
     assert rep.failed and rep.n_ok == 0 and not (out / "s.tif").exists()
     assert len(list((out / ".glandseg" / "slides").rglob("w*.npz"))) == 5
     again = Counting()
-    rep = batch.predict_files([path], out, again, progress=False)
+    rep = engine.predict_files([path], out, again, progress=False)
     assert rep.n_ok == 1 and again.calls == 16 - 5
     lab = tifffile.imread(out / "s.tif")
     assert len(objects(lab)) == len(SEAM_DISCS)
@@ -491,11 +492,11 @@ def test_dask_local_cluster_equals_serial(tmp_path: Path, monkeypatch) -> None:
     pyramid(src / "a.tif", disc_image(800, 900, SEAM_DISCS))
     pyramid(src / "b.tif", disc_image(500, 600, [(250, 256, 60), (100, 400, 30)], seed=3))
     paths = batch.collect_inputs([str(src)])
-    serial = batch.predict_files(paths, tmp_path / "serial", stub_predictor(), progress=False)
+    serial = engine.predict_files(paths, tmp_path / "serial", stub_predictor(), progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        rep = batch.predict_files(paths, tmp_path / "dask", stub_predictor(), progress=False,
+        rep = engine.predict_files(paths, tmp_path / "dask", stub_predictor(), progress=False,
                                   client=client)
     assert rep.n_ok == serial.n_ok == 2 and rep.n_glands == serial.n_glands
     for name in ("a.geojson", "b.geojson", "glands.csv"):

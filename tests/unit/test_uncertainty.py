@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glandseg.engine.predict import predict_files
 from glandseg.metrics.uncertainty import CONFIDENT, NEAR_GLAND, uncertainty
-from glandseg.report.batch import predict_files
 from glandseg.report.html import index_html
 
 
