@@ -82,13 +82,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out after its last complete epoch (its own "
                         "settings; only --max-minutes and --device may change)")
-    p.add_argument("--preset", choices=["study", "glas-unet-v2", "glas-maskrcnn-v2"],
+    p.add_argument("--preset", choices=["study", "glas-unet-v2", "glas-maskrcnn-v2",
+                                        "glas-maskrcnn-v3"],
                    default=None,
                    help="a named recipe: its stages override optimizer, lr, weight decay, batch "
                         "and epochs; its settings (model, scale, crop, tile, repeats, ...) "
                         "apply where an option is left at its default. study: the 2020 "
                         "study's; glas-unet-v2 / glas-maskrcnn-v2: the bundled models' (glas-unet v4 is v2 "
-                        "fine-tuned twice with --init --robust)")
+                        "fine-tuned twice with --init --robust); glas-maskrcnn-v3: full "
+                        "resolution, 56² mask head, gland-fit anchors, 40 + 10 low-lr epochs "
+                        "(not trained yet)")
     p.add_argument("--pretrained", choices=["coco", "imagenet", "none"], default=None,
                    help="initial weights: coco (maskrcnn, torchvision download), imagenet "
                         "(maskrcnn via torchvision; unet-lite0 and maskrcnn-lite0 offline from "
@@ -192,7 +195,14 @@ def _apply_preset(args: argparse.Namespace) -> None:
 
     defaults = getattr(args, "_defaults", {})
     for key, value in preset_settings(args.preset).items():
-        if hasattr(args, key) and getattr(args, key) == defaults.get(key):
+        if key == "model_args":  # merged with --model-args, whose keys win
+            try:
+                given = json.loads(args.model_args)
+            except json.JSONDecodeError:
+                continue  # a one-line error below, as without a preset
+            if isinstance(given, dict):
+                args.model_args = json.dumps({**value, **given})
+        elif hasattr(args, key) and getattr(args, key) == defaults.get(key):
             setattr(args, key, value)
 
 

@@ -62,6 +62,26 @@ PRESETS: dict[str, Preset] = {
         note="The bundled glas-maskrcnn ran this recipe with --epochs 200 --max-minutes 6.5 "
              "on a GPU (12 epochs done); the preset fixes 12 epochs.",
     ),
+    # glas-maskrcnn v3 (not trained yet: needs a GPU): full resolution, 512² crops, a 56²
+    # mask head, 3 scales x 5 ratios of anchors fit to the GlaS training glands
+    # (results/maskrcnn_v3/gland_sizes.json: 94.5% of glands have an anchor of IoU >= 0.7,
+    # v2's anchors 44%), a longer schedule, then 10 babysitting epochs at lr / 20.
+    "glas-maskrcnn-v3": Preset(
+        stages={"maskrcnn": [
+            {"optimizer": "sgd", "lr": 1e-2, "weight_decay": 5e-4, "batch_size": 4,
+             "epochs": 40, "momentum": 0.9, "schedule": "cosine"},
+            {"optimizer": "sgd", "lr": 5e-4, "weight_decay": 5e-4, "batch_size": 4,
+             "epochs": 10, "momentum": 0.9, "schedule": "constant"}]},
+        settings={"model": "maskrcnn-lite0", "scale": 1.0, "crop": 512, "tile": 800,
+                  "repeats": 10, "val_fraction": 0.2, "seed": 0,
+                  "model_args": {"mask_resolution": 56,
+                                 "anchor_sizes": [32, 64, 128, 256, 512],
+                                 "anchor_scales": [1.0, 1.2599, 1.5874],
+                                 "aspect_ratios": [0.4, 0.63, 1.0, 1.6, 2.5],
+                                 "box_batch_size_per_image": 256}},
+        note="Not run yet (no GPU in the session that wrote it); the GPU study "
+             "(results/search/gpu_search.sh) searches its optimiser settings and RoI sampling.",
+    ),
 }
 
 

@@ -153,3 +153,38 @@ def test_bad_v3_args_are_one_line_errors(args: dict, words: str) -> None:
     with pytest.raises(GlandsegError, match=words) as err:
         registry.build_model(_cfg(**args), pretrained=False, source="run/config.json")
     assert "\n" not in str(err.value) and "run/config.json" in str(err.value)
+
+
+def test_v3_preset_model_args_fit_the_registry_and_the_gland_statistics() -> None:
+    from glandseg.train.presets import preset_settings, preset_stages
+
+    s = preset_settings("glas-maskrcnn-v3")
+    v3 = json.loads((ROOT / "results/maskrcnn_v3/gland_sizes.json").read_text())["anchors"]["v3"]
+    a = registry.check_model_args("maskrcnn-lite0", s["model_args"], "instances", "preset")
+    assert a["mask_resolution"] == 56 and a["aspect_ratios"] == v3["aspect_ratios"]
+    assert a["anchor_sizes"] == v3["anchor_sizes"]
+    assert a["anchor_scales"] == pytest.approx(v3["anchor_scales"], abs=1e-4)
+    assert (s["model"], s["scale"], s["crop"]) == ("maskrcnn-lite0", 1.0, 512)
+    long, baby = preset_stages("glas-maskrcnn-v3", "maskrcnn-lite0")
+    assert baby["lr"] < long["lr"] / 10 and baby["schedule"] == "constant"
+
+
+def test_cli_v3_preset_merges_model_args() -> None:
+    """`train --preset glas-maskrcnn-v3`: the preset's model_args, the command line's keys
+    winning; a bad --model-args JSON is left for the usual one-line error."""
+    import argparse
+
+    from glandseg.cli import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--preset", "glas-maskrcnn-v3", "--out", "x",
+                              "--model-args", '{"mask_resolution": 28}'])
+    train_cmd._apply_preset(args)
+    got = json.loads(args.model_args)
+    assert args.model == "maskrcnn-lite0" and got["mask_resolution"] == 28
+    assert got["aspect_ratios"] == [0.4, 0.63, 1.0, 1.6, 2.5]
+    args = parser.parse_args(["train", "--preset", "glas-maskrcnn-v3", "--out", "x",
+                              "--model-args", "{bad"])
+    train_cmd._apply_preset(args)
+    assert args.model_args == "{bad"
