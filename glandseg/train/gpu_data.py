@@ -337,8 +337,11 @@ class TensorTrainData:
         color = self._color_params(g, b)
         # --- on the device ----------------------------------------------------------------
         m = self.margin
-        half = m  # window: the footprint centre +- margin
-        wy = (torch.round(cy).long() + m - half).tolist()
+        # window: the footprint centre +- what this batch's crops reach (at most the margin)
+        ext = (c / 2 / zoom) * (torch.cos(theta).abs() + torch.sin(theta).abs())
+        reach = float(ext.max()) + (a.elastic_alpha / 4 if elastic.any() else 0) + 3
+        half = min(m, int(math.ceil(reach)))
+        wy = (torch.round(cy).long() + m - half).tolist()  # storage rows of the window
         wx = (torch.round(cx).long() + m - half).tolist()
         side = 2 * half + 1
         win_img = torch.stack([self.images[i, :, y:y + side, x:x + side]
@@ -359,7 +362,8 @@ class TensorTrainData:
             f = F.interpolate(self._smooth(field.to(dev)), size=(c, c), mode="bicubic",
                               align_corners=False)
             std = f.flatten(1).std(1).clamp(min=1e-6)[:, None, None, None]
-            f = f / std / (3**0.5 * 2 * math.pi**0.5 * a.elastic_sigma) * a.elastic_alpha
+            # px spread of torchvision's field (alpha / 2 px per unit of blurred noise)
+            f = f / std / (3**0.5 * 2 * math.pi**0.5 * a.elastic_sigma) * a.elastic_alpha / 2
             f = f * elastic.to(dev)[:, None, None, None] / zoom_d[:, None, None, None]
             sx, sy = sx + f[:, 0], sy + f[:, 1]
         # window coordinates: the footprint centre is at half + (cy - round(cy))
