@@ -110,8 +110,7 @@ def test_std_must_be_positive(tmp_path: Path, std: list) -> None:
 def test_unet_width_refused_before_any_allocation(tmp_path: Path, monkeypatch) -> None:
     """``width: 4096`` would allocate gigabytes: the config check stops it first."""
     built = []
-    spec = registry._REGISTRY["unet"]
-    monkeypatch.setattr(spec, "builder", lambda *a, **k: built.append(1))
+    monkeypatch.setitem(registry.BUILDERS, "unet", lambda *a, **k: built.append(1))
     cfg = registry.default_config("unet")
     cfg["model_args"]["width"] = 4096
     refused(tmp_path, cfg, "model_args.width", "[4, 256]")
