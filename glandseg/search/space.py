@@ -50,6 +50,9 @@ class Param:
     log: bool = False
     choices: tuple = ()
     fixed: Any = None
+    #: Optuna's name of the parameter when it is not ``name``: stage 2's narrowed choices
+    #: (Optuna refuses other choices under a name already sampled from the full list).
+    key: str | None = None
 
     def to_json(self) -> Any:
         if self.kind == "fixed":
@@ -71,7 +74,7 @@ class Param:
         if self.kind == "fixed":
             return self.fixed
         if self.kind == "choice":
-            return trial.suggest_categorical(self.name, list(self.choices))
+            return trial.suggest_categorical(self.key or self.name, list(self.choices))
         if self.kind == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
@@ -200,7 +203,9 @@ class SearchSpace:
         """A narrower space around the ``best`` values (the study's second stage): each range
         shrinks to ``factor`` of its width (on the log scale for log ranges), centred on the
         best value and kept inside the original range; ordered numeric choices keep the best
-        and its neighbours, other choices only the best."""
+        and its neighbours, other choices only the best. Narrowed choices are sampled under
+        the Optuna name ``NAME.stage2`` (``trials.csv`` column; the trial's training
+        parameters keep ``NAME``)."""
         out = []
         for p in self.params:
             if p.kind == "fixed" or p.name not in best:
@@ -216,7 +221,8 @@ class SearchSpace:
                     keep = tuple(order[max(0, i - 1):i + 2])
                 else:
                     keep = (b,)
-                out.append(Param(p.name, "choice", choices=keep))
+                key = None if keep == p.choices else f"{p.name}.stage2"
+                out.append(Param(p.name, "choice", choices=keep, key=key))
                 continue
             f = math.log if p.log else (lambda x: x)
             g = math.exp if p.log else (lambda x: x)

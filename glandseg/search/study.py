@@ -40,6 +40,7 @@ from pathlib import Path
 
 from glandseg import GlandsegError
 from glandseg.search import require_optuna
+from glandseg.search.outputs import Counts, counts, write_results
 from glandseg.search.space import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
@@ -217,34 +218,6 @@ def open_study(cfg: SearchConfig, space: SearchSpace, storage=None, sampler=None
 
 # --- counting and dead workers -----------------------------------------------------------
 
-@dataclass
-class Counts:
-    complete: int = 0
-    pruned: int = 0
-    running: int = 0
-    failed: int = 0  # crashed trials (not surplus, not dead workers)
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
-
-
-def counts(study) -> Counts:
-    from optuna.trial import TrialState
-
-    c = Counts()
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
-            c.complete += 1
-        elif t.state == TrialState.PRUNED:
-            c.pruned += 1
-        elif t.state == TrialState.RUNNING:
-            c.running += 1
-        elif t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == "error":
-            c.failed += 1
-    return c
-
-
 def _process_started(pid: int) -> float | None:
     import psutil
 
@@ -380,10 +353,15 @@ class Objective:
             trial.set_user_attr("fail_reason", f"not run: the study already holds "
                                                f"{self.cfg.trials} trials (a race of workers)")
             raise _Surplus("surplus trial")
-        stage, space = self.stage_space(trial)
-        trial.set_user_attr("stage", stage)
-        values = space.suggest(trial)
-        tp = space.train_params(values)
+        try:
+            stage, space = self.stage_space(trial)
+            trial.set_user_attr("stage", stage)
+            values = space.suggest(trial)
+            tp = space.train_params(values)
+        except Exception as exc:  # counted: a sampling bug must not loop forever
+            trial.set_user_attr("fail_kind", "error")
+            trial.set_user_attr("fail_reason", f"sampling: {_reason(exc)}")
+            raise
         run = self._run_dir(trial.number)
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("train", tp)
@@ -469,8 +447,6 @@ def work(cfg: SearchConfig, index: int = 0, deadline: float | None = None) -> Co
     """One worker: run trials until the study holds ``cfg.trials`` finished ones (or the
     deadline passes, or too many trials crashed). Returns the final counts."""
     optuna = require_optuna()
-    from glandseg.search.outputs import write_results
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = search_space(cfg)
     storage = _storage(cfg)
@@ -590,8 +566,6 @@ def check_inputs(cfg: SearchConfig) -> SearchSpace:
 def run_search(cfg: SearchConfig) -> Counts:
     """Run (or continue) the search of ``cfg``: ``cfg.workers`` trial processes on this
     machine, then ``best.json``, ``trials.csv`` and the plots in ``cfg.out``."""
-    from glandseg.search.outputs import write_results
-
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = check_inputs(cfg)

@@ -47,9 +47,9 @@ def fast(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(n)
 
 
-def tiny(data: Path, out: Path, **kw) -> SearchConfig:
+def tiny(data: Path, out: Path, extra_space: dict | None = None, **kw) -> SearchConfig:
     space = out.parent / f"{out.name}-space.json"
-    space.write_text(json.dumps(TINY_SPACE))
+    space.write_text(json.dumps({**TINY_SPACE, **(extra_space or {})}))
     args = dict(model="unet", data=str(data), out=str(out), sampler="random", pruner="none",
                 stages=2, trials=4, stage1_trials=2, epochs=1, scale=1.0, repeats=1,
                 loader_workers=0, device="cpu", pretrained=False, model_args={"width": 4},
@@ -103,7 +103,8 @@ def test_bad_stage_options_are_one_line(tmp_path: Path, data: Path, kw: dict,
 def test_whole_protocol_on_a_tiny_set(tmp_path: Path, data: Path, fast) -> None:
     """2 broad + 2 narrowed trials of 1 epoch, then 2 long epochs and 1 babysitting epoch
     at lr x 0.1; the same call again trains nothing more."""
-    cfg = tiny(data, tmp_path / "study", narrow_factor=0.5)
+    cfg = tiny(data, tmp_path / "study", narrow_factor=0.5,
+               extra_space={"optimizer": {"choices": ["adamw", "adam"]}})
     pc = ProtocolConfig(cfg, long_epochs=2, babysit_epochs=1, babysit_lr_factor=0.1,
                         name="test")
     doc = run_protocol(pc)
@@ -115,6 +116,9 @@ def test_whole_protocol_on_a_tiny_set(tmp_path: Path, data: Path, fast) -> None:
         lr = t.distributions["lr"]
         assert lr.low <= best1.params["lr"] <= lr.high
         assert lr.high / lr.low <= (3e-3 / 1e-4) ** 0.5 * 1.0001
+    for t in trials[2:]:  # narrowed choices: stage 1's best only, under another Optuna name
+        assert t.params["optimizer.stage2"] == best1.params["optimizer"]
+        assert t.user_attrs["train"]["optimizer"] == best1.params["optimizer"]
     s = doc["search"]
     assert s["stage1"]["trials"] == s["stage2"]["trials"] == 2
     assert s["stage1"]["best_value"] == best1.value
@@ -128,6 +132,7 @@ def test_whole_protocol_on_a_tiny_set(tmp_path: Path, data: Path, fast) -> None:
     assert stages[1]["lr"] == pytest.approx(best.params["lr"] * 0.1)
     assert [st["schedule"] for st in stages] == ["cosine", "constant"]
     assert stages[0]["batch_size"] == best.params["batch_size"]
+    assert stages[0]["optimizer"] == best.user_attrs["train"]["optimizer"]
     assert config["train"]["val_fraction"] == cfg.val_fraction  # the same held-out patients
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -176,3 +181,22 @@ def test_two_workers_wait_for_stage_one(tmp_path: Path, data: Path) -> None:
     assert len(ones) >= 3 and len(ones) + len(twos) == 6 and twos
     end1: datetime = max(t.datetime_complete for t in ones)
     assert all(t.datetime_start >= end1 for t in twos)
+
+
+def test_narrowed_choices_get_their_own_optuna_name() -> None:
+    """Optuna refuses other choices under a name already sampled (stage 1's full list):
+    stage 2's narrowed choices are sampled as NAME.stage2; unchanged ones keep NAME."""
+    space = load_space("unet", None, False)
+    narrow = space.narrowed({"crop": 256, "batch_size": 8, "lr": 1e-3})
+    by = {p.name: p for p in narrow.params}
+    assert by["crop"].choices == (192, 256) and by["crop"].key == "crop.stage2"
+    assert by["batch_size"].choices == (4, 8, 16) and by["batch_size"].key is None
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"crop": 128})
+    t = study.ask()
+    space.suggest(t)
+    study.tell(t, 0.5)
+    t = study.ask()
+    values = narrow.suggest(t)
+    assert values["crop"] in (192, 256) and t.params["crop.stage2"] == values["crop"]
+    assert narrow.train_params(values)["crop"] == values["crop"]
