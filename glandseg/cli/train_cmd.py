@@ -137,7 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glandseg import GlandsegError
-    from glandseg.train.loop import TrainConfig, train
+    from glandseg.train.loop import TrainConfig
+    from glandseg.train.run import train
 
     if getattr(args, "quiet", False):  # -q: no progress bars, here or in loader workers
         os.environ["TQDM_DISABLE"] = "1"

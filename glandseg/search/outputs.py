@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from glandseg.data.io import atomic_path
@@ -26,6 +27,37 @@ log = logging.getLogger(__name__)
 BASE_COLUMNS = ["number", "state", "value", "stage", "epochs", "minutes", "fail_reason",
                 "run", "datetime_start", "datetime_complete"]
 PLOTS = ("history", "importance", "parallel")
+
+
+@dataclass
+class Counts:
+    """Trials of a study by state."""
+
+    complete: int = 0
+    pruned: int = 0
+    running: int = 0
+    failed: int = 0  # crashed trials (not surplus, not dead workers)
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def counts(study) -> Counts:
+    """The study's trials by state (crashed: failed with ``fail_kind`` ``error``)."""
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.RUNNING:
+            c.running += 1
+        elif t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == "error":
+            c.failed += 1
+    return c
 
 
 def best_trial(study):
@@ -38,8 +70,6 @@ def best_trial(study):
 
 def best_json(study, cfg) -> dict | None:
     """The content of ``best.json`` (see the module docstring), or ``None``."""
-    from glandseg.search.study import counts as count_trials
-
     t = best_trial(study)
     if t is None:
         return None
@@ -56,7 +86,7 @@ def best_json(study, cfg) -> dict | None:
         train["epochs"] = int(t.user_attrs.get("epochs") or tp["epochs"])
     if model_args:
         train["model_args"] = model_args
-    c = count_trials(study)
+    c = counts(study)
     return {
         "study": study.study_name, "trial": t.number, "value": t.value,
         "metric": "best validation object Dice (official GlaS, pooled over the held-out "

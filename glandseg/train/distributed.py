@@ -3,7 +3,7 @@
 
 ``torchrun --nproc_per_node N -m glandseg train ...`` starts N copies of the command; each
 finds its place in the environment torchrun sets (``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``), and :func:`glandseg.train.loop.train`
+``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``), and :func:`glandseg.train.run.train`
 then runs :class:`DistributedTrainer` instead of the one-process
 :class:`~glandseg.train.loop.Trainer` (one process, without torchrun or with
 ``WORLD_SIZE=1``, stays the default and is unchanged).
@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 
 from glandseg import GlandsegError
 from glandseg.train import runstate
-from glandseg.train.loop import TrainConfig, Trainer, _worker_init, seed_everything
-from glandseg.train.seeding import EpochSampler, SeededItems
+from glandseg.train.loop import TrainConfig, Trainer, seed_everything
+from glandseg.train.seeding import EpochSampler, SeededItems, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class DistributedTrainer(Trainer):
         return DataLoader(
             SeededItems(self.train_ds), batch_size=per, sampler=sampler, drop_last=True,
             num_workers=t["workers"], collate_fn=self.task.collate, generator=generator,
-            persistent_workers=t["workers"] > 0, worker_init_fn=_worker_init)
+            persistent_workers=t["workers"] > 0, worker_init_fn=worker_init)
 
     # -- epoch hooks ------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:

@@ -34,7 +34,7 @@ from glandseg.models import registry
 from glandseg.train import checkpoint as ckpt
 from glandseg.train import finetune, runstate
 from glandseg.train.presets import preset_stages
-from glandseg.train.seeding import EpochSampler, SeededItems
+from glandseg.train.seeding import EpochSampler, SeededItems, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class Trainer:
             sampler=EpochSampler(len(self.train_ds), t["seed"]),
             num_workers=t["workers"], collate_fn=self.task.collate, generator=generator,
             persistent_workers=t["workers"] > 0,
-            worker_init_fn=_worker_init,
+            worker_init_fn=worker_init,
         )
 
     def save_config(self) -> None:
@@ -687,14 +687,6 @@ class _Forward(logging.Handler):
         logging.getLogger().callHandlers(record)
 
 
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
 def _to_device(batch, device: torch.device):
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True)
@@ -703,13 +695,3 @@ def _to_device(batch, device: torch.device):
     if isinstance(batch, list | tuple):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def train(tc: TrainConfig) -> Path:
-    """Train a model (see :class:`TrainConfig`); returns the run folder. Under ``torchrun``
-    with several processes, one of them (:mod:`glandseg.train.distributed`)."""
-    from glandseg.train import distributed
-
-    if distributed.from_env().enabled:
-        return distributed.DistributedTrainer(tc).fit()
-    return Trainer(tc).fit()

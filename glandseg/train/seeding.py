@@ -19,6 +19,7 @@ own random draws do not depend on the augmentation's.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
@@ -102,3 +103,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def worker_init(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: seed NumPy and ``random`` from the worker's torch
+    seed, and one thread per worker."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

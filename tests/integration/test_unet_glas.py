@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from glandseg.data.io import read_image, read_label
-from glandseg.infer.predictor import Predictor
 from glandseg.engine.evaluate import evaluate_model
-from glandseg.train.loop import TrainConfig, train
+from glandseg.infer.predictor import Predictor
+from glandseg.train.loop import TrainConfig
+from glandseg.train.run import train
 from tests.conftest import make_glas_folder
 
 pytestmark = pytest.mark.glas

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from glandseg.cli import main
-from glandseg.train.loop import TrainConfig, train
+from glandseg.train.loop import TrainConfig
+from glandseg.train.run import train
 from tests.conftest import make_glas_folder
 
 NAMES = ["train_1", "train_2", "train_3", "train_4", "testA_1", "testA_2", "testA_3", "testB_1", "testB_2"]

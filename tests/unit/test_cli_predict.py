@@ -16,7 +16,8 @@ from PIL import Image
 
 from glandseg.cli import main
 from glandseg.data.io import read_label
-from glandseg.train.loop import TrainConfig, train
+from glandseg.train.loop import TrainConfig
+from glandseg.train.run import train
 from tests.conftest import make_glas_folder, synth_pair
 
 

@@ -132,18 +132,18 @@ def test_two_process_step_equals_one_process_step(tmp_path: Path, data: Path,
 
 def test_train_chooses_the_distributed_trainer(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-    from glandseg.train import loop
+    from glandseg.train import loop, run
 
     seen = []
     monkeypatch.setattr(distributed.DistributedTrainer, "fit", lambda self: seen.append("ddp"))
     monkeypatch.setattr(loop.Trainer, "fit", lambda self: seen.append("one"))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    loop.train(TrainConfig(out=str(tmp_path / "a"), device="cpu"))
+    run.train(TrainConfig(out=str(tmp_path / "a"), device="cpu"))
     monkeypatch.setenv("WORLD_SIZE", "1")
-    loop.train(TrainConfig(out=str(tmp_path / "b"), device="cpu"))
+    run.train(TrainConfig(out=str(tmp_path / "b"), device="cpu"))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    loop.train(TrainConfig(out=str(tmp_path / "c"), device="cpu"))
+    run.train(TrainConfig(out=str(tmp_path / "c"), device="cpu"))
     assert seen == ["one", "one", "ddp"]
 
 

@@ -18,7 +18,8 @@ from glandseg.data.discover import Sample, discover
 from glandseg.report.outputs import to_geojson
 from glandseg.train import checkpoint as ckpt
 from glandseg.train.finetune import SMALL_SET, apply_small_set, freeze_encoder
-from glandseg.train.loop import TrainConfig, train
+from glandseg.train.loop import TrainConfig
+from glandseg.train.run import train
 from glandseg.train.tasks import DenseTask
 from tests.conftest import synth_pair
 

@@ -416,7 +416,7 @@ def test_train_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     from glandseg.cli import main
 
     seen = []
-    monkeypatch.setattr("glandseg.train.loop.train", lambda tc: seen.append(tc) or tmp_path)
+    monkeypatch.setattr("glandseg.train.run.train", lambda tc: seen.append(tc) or tmp_path)
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"value": 0.8, "train": {
         "model": "unet", "lr": 0.002, "batch_size": 4, "crop": 128, "epochs": 7,

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from glandseg import GlandsegError
 from glandseg.train import checkpoint as ckpt
 from glandseg.train import runstate
-from glandseg.train.loop import TrainConfig, Trainer, train
+from glandseg.train.loop import TrainConfig, Trainer
+from glandseg.train.run import train
 from glandseg.train.seeding import EpochSampler, SeededItems
 from tests.conftest import make_glas_folder
 

@@ -16,7 +16,8 @@ from PIL import Image
 from glandseg.infer.predictor import Predictor
 from glandseg.metrics.score import score_pairs
 from glandseg.train.checkpoint import load_model
-from glandseg.train.loop import TrainConfig, train
+from glandseg.train.loop import TrainConfig
+from glandseg.train.run import train
 from tests.conftest import write_grade_csv
 
 #: (centre y, centre x, radius y, radius x) of the five glands of :func:`gland_image`.

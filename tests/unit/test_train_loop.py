@@ -18,7 +18,8 @@ from glandseg import GlandsegError
 from glandseg.infer.postprocess import probs_to_labels
 from glandseg.train import checkpoint as ckpt
 from glandseg.train import runstate
-from glandseg.train.loop import CSV_FIELDS, TrainConfig, Trainer, train
+from glandseg.train.loop import CSV_FIELDS, TrainConfig, Trainer
+from glandseg.train.run import train
 from glandseg.train.tune import GRIDS, tune_postprocess
 from tests.conftest import make_glas_folder
 
@@ -370,13 +371,13 @@ def test_quiet_train_disables_progress_bars(data: Path, tmp_path: Path,
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     seen = {}
-    import glandseg.train.loop as loop
+    import glandseg.train.run as run
 
     def fake_train(tc: TrainConfig) -> Path:  # what the training would see
         seen["env"] = os.environ.get("TQDM_DISABLE")
         return tmp_path
 
-    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(run, "train", fake_train)
     assert main(["-q", "train", "--model", "unet", "--data", str(data), "--out",
                  str(tmp_path / "q")]) == 0
     assert seen["env"] == "1"

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from glandseg import GlandsegError
 from glandseg.train import checkpoint as ckpt
 from glandseg.train import runstate
-from glandseg.train.loop import TrainConfig, Trainer, train
+from glandseg.train.loop import TrainConfig, Trainer
+from glandseg.train.run import train
 from tests.conftest import make_glas_folder
 
 #: Scripted validation object Dice per epoch: epoch 2 is the best, epoch 3 is not.
@@ -200,7 +201,8 @@ def test_a_real_sigkill_between_files_and_manifest(data: Path, tmp_path: Path) -
     script = textwrap.dedent(f"""
         import os, signal, torch
         from glandseg.train import runstate
-        from glandseg.train.loop import TrainConfig, Trainer, train
+        from glandseg.train.loop import TrainConfig, Trainer
+        from glandseg.train.run import train
         torch.set_num_threads(1)
         Trainer.validate = lambda self: {{"val_loss": 0.0, "val_f1": 0.0,
             "val_object_dice": {DICE}[len(self.history) + 1], "val_object_hausdorff": 0.0}}
