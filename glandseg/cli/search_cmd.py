@@ -164,7 +164,7 @@ def _print_protocol(doc: dict, cfg) -> None:
     for k in ("stage1", "stage2"):
         if k in s and s[k]["best_value"] is not None:
             print(f"{k}: best validation object Dice {s[k]['best_value']:.4f} "
-                  f"(trial {s[k]['best_trial']} of {s[k]['trials']})")
+                  f"(trial {s[k]['best_trial']}; {s[k]['trials']} trials in {k})")
     fin = doc.get("final")
     if fin:
         for name, ph in fin["phases"].items():
