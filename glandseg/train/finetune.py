@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import types
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
@@ -89,12 +90,20 @@ def refuse_slides(root: Path, samples: list[Sample]) -> None:
                 raise GlandsegError(f"{gj}: annotates the slide {slide.name}; {fix}")
 
 
-def apply_small_set(train: dict, n_images: int, defaults: dict) -> list[str]:
+def apply_small_set(train: dict, n_images: int, defaults: dict,
+                    given: Iterable[str] = ()) -> list[str]:
     """Fill the small-set defaults (module doc) into a run's ``train`` settings where they
-    are still at ``defaults`` (the :class:`~glandseg.train.loop.TrainConfig` defaults);
-    only with ``init`` set, no preset or explicit stages, and ``n_images`` (annotated
-    training images) at most ``SMALL_SET["max_images"]``. Changes ``train`` in place
-    (its single stage too); returns the notes of what changed (also logged)."""
+    were left at their defaults: still at ``defaults`` (the
+    :class:`~glandseg.train.config.TrainConfig` defaults) and not ``given`` explicitly (a
+    command-line option equal to the default still counts as given); only with ``init``
+    set, no preset or explicit stages, and ``n_images`` (annotated training images) at
+    most ``SMALL_SET["max_images"]``. Changes ``train`` in place (its single stage too);
+    returns the notes of what changed (also logged)."""
+    given = set(given)
+
+    def left(key: str, value: object) -> bool:
+        return key not in given and value == defaults[key]
+
     s = SMALL_SET
     if not train.get("init") or train.get("preset") or n_images > s["max_images"]:
         return []
@@ -102,17 +111,17 @@ def apply_small_set(train: dict, n_images: int, defaults: dict) -> list[str]:
         return []
     stage = train["stages"][0]
     notes = []
-    if stage["lr"] == defaults["lr"]:
+    if left("lr", stage["lr"]):
         stage["lr"] = train["lr"] = s["lr"]
         notes.append(f"lr {s['lr']:g}")
     held_out = n_images >= s["min_held_out_images"]
-    if train["val_fraction"] == defaults["val_fraction"]:
+    if left("val_fraction", train["val_fraction"]):
         train["val_fraction"] = s["val_fraction"] if held_out else 0.0
         notes.append("validation on about a third of the images (whole patients)" if held_out
                      else "validation on the training images (fewer than "
                           f"{s['min_held_out_images']} images)")
     n_train = n_images - (round(n_images * train["val_fraction"]) if held_out else 0)
-    if stage["epochs"] == defaults["epochs"] and train["repeats"] == defaults["repeats"]:
+    if left("epochs", stage["epochs"]) and left("repeats", train["repeats"]):
         per_epoch = s["steps"] * stage["batch_size"] / s["epochs"]
         train["repeats"] = max(1, math.ceil(per_epoch / max(1, n_train)))
         stage["epochs"] = train["epochs"] = s["epochs"]

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import logging
 import math
 import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,69 +31,13 @@ from glandseg.infer.predictor import Predictor, pick_device
 from glandseg.models import registry
 from glandseg.train import checkpoint as ckpt
 from glandseg.train import finetune, runstate
-from glandseg.train.presets import preset_stages
+from glandseg.train.config import DEFAULTS, TrainConfig, resume_conflicts
 from glandseg.train.seeding import EpochSampler, SeededItems, worker_init
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["epoch", "stage", "lr", "train_loss", "val_loss", "val_f1", "val_object_dice",
               "val_object_hausdorff", "seconds"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``glandseg train`` accepts. ``stages`` overrides the single-stage
-    optimizer settings (see :mod:`glandseg.train.presets`)."""
-
-    model: str = "unet-lite0"
-    data: str = ""
-    out: str = "runs/unet-lite0"
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    crop: int = 256
-    scale: float | None = None
-    tile: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 2
-    repeats: int = 2
-    val_fraction: float = 0.2
-    val_every: int = 1
-    max_minutes: float | None = None
-    resume: bool = False
-    preset: str | None = None
-    pretrained: bool = True
-    tune_postprocess: bool = True
-    stages: list[dict] = field(default_factory=list)
-    model_args: dict = field(default_factory=dict)
-    augment_strength: float = 1.0  # scales every random augmentation (AugmentConfig.strength)
-    loss_weights: dict = field(default_factory=dict)  # glandseg.train.params.LOSS_PARTS
-    #: Start from a trained model (bundled name, run folder or .safetensors file): its
-    #: architecture, preprocessing, tiling and post-processing are kept, its weights loaded
-    #: before the first step (fine-tuning, e.g. on a lab's own annotated images).
-    init: str | None = None
-    #: Acquisition-robustness augmentation (AugmentConfig.robust: stain, blur, JPEG).
-    robust: bool = False
-    #: Probability of the stain and blur robustness augmentations (JPEG: half of it).
-    robust_p: float = 0.5
-    #: Weight of the blur-consistency term of the U-Nets' loss (DenseTask; 0 = off).
-    consistency: float = 0.0
-    #: Keep the encoder's weights and batch-norm statistics fixed (glandseg.train.finetune).
-    freeze_encoder: bool = False
-
-    def resolved_stages(self) -> list[dict]:
-        if self.stages:
-            return [dict(s) for s in self.stages]
-        if self.preset:
-            return preset_stages(self.preset, self.model)
-        return [{"optimizer": self.optimizer, "lr": self.lr, "weight_decay": self.weight_decay,
-                 "batch_size": self.batch_size, "epochs": self.epochs, "momentum": self.momentum,
-                 "schedule": self.schedule}]
 
 
 def seed_everything(seed: int) -> None:
@@ -189,6 +131,11 @@ class Trainer:
             with self._writing():
                 self._lock.acquire()
             self.cfg = _load_run_config(self.run)
+            differ = resume_conflicts(tc, self.cfg["train"])
+            if differ:
+                raise GlandsegError(f"--resume continues {self.run} with its own settings; "
+                                    f"given: {'; '.join(differ)}: leave them out (only "
+                                    "--max-minutes and --device may change) or train a new run")
             if tc.max_minutes is not None:  # a resumed run may get a new time budget
                 self.cfg["train"]["max_minutes"] = tc.max_minutes
         else:
@@ -199,13 +146,11 @@ class Trainer:
                 self._lock.acquire()
             if tc.scale is not None:
                 self.cfg["preprocess"]["scale"] = tc.scale
-            if tc.tile is not None:  # inference tile side at the working scale
-                if tc.tile < 64:
-                    raise GlandsegError(f"tile must be at least 64 px, got {tc.tile}")
+            if tc.tile is not None:  # inference tile side at the working scale (checked)
                 self.cfg["tiling"] = {"tile": tc.tile, "overlap": max(32, tc.tile // 8),
                                       "batch_size": 1}
             self.cfg["model_args"].update(tc.model_args)
-            self.cfg["train"] = {**dataclasses.asdict(tc), "stages": tc.resolved_stages()}
+            self.cfg["train"] = {**tc.as_dict(), "stages": tc.resolved_stages()}
             self.cfg["train"]["model"] = self.cfg["model"]
             if tc.init:
                 import hashlib
@@ -239,7 +184,7 @@ class Trainer:
                                   or t.get("val_on_train")]
             self.val_samples = [s for s in samples if s.name in val_names]
         else:
-            finetune.apply_small_set(t, len(samples), dataclasses.asdict(TrainConfig()))
+            finetune.apply_small_set(t, len(samples), DEFAULTS, given=self.tc.given)
             self.train_samples, self.val_samples = patient_split(samples, t["val_fraction"],
                                                                  t["seed"])
             if not self.val_samples:
@@ -278,7 +223,7 @@ class Trainer:
         if weights is None:
             raise GlandsegError(f"--init {tc.init}: has no trained weights to start from; give a "
                                 "bundled model (glas-unet), a run folder or a .safetensors file")
-        if tc.model != cfg["model"] and tc.model != TrainConfig.model:
+        if tc.model != cfg["model"] and ("model" in tc.given or tc.model != DEFAULTS["model"]):
             raise GlandsegError(f"--init {tc.init} is a {cfg['model']} model, not {tc.model}; "
                                 "drop --model (the architecture comes from --init)")
         self._init_weights = weights

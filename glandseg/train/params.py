@@ -21,7 +21,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from glandseg import GlandsegError
-from glandseg.models.config import check_bool, check_choice, check_number, config_error
+from glandseg.models.config import (
+    TILE_MAX,
+    TILE_MIN,
+    check_bool,
+    check_choice,
+    check_number,
+    config_error,
+)
 
 #: Loss parts a ``loss_weights`` entry may weight, per model family. Dense (U-Net):
 #: ``dice`` = weight of the soft Dice term beside the weighted cross-entropy (default 0.5).
@@ -33,8 +40,9 @@ LOSS_PARTS = {
 LOSS_WEIGHT_MAX = 100.0
 AUGMENT_MAX = 2.0
 
-#: Numeric fields: (integer?, low, high, low excluded?) — the ranges of ``glandseg train``.
-_NUMBERS = {
+#: Numeric training settings: (integer?, low, high, low excluded?): the one table of ranges
+#: (``glandseg train``'s options, params files, :class:`glandseg.train.config.TrainConfig`).
+NUMBERS: dict[str, tuple[bool, float, float, bool]] = {
     "epochs": (True, 1, 100_000, False),
     "batch_size": (True, 1, 1024, False),
     "lr": (False, 0.0, 1.0, True),
@@ -42,14 +50,26 @@ _NUMBERS = {
     "momentum": (False, 0.0, 1.0, False),
     "crop": (True, 32, 4096, False),
     "scale": (False, 0.0, 4.0, True),
-    "tile": (True, 64, 8192, False),
+    "tile": (True, TILE_MIN, TILE_MAX, False),
     "repeats": (True, 1, 10_000, False),
     "val_fraction": (False, 0.0, 0.9, True),
     "val_every": (True, 1, 100_000, False),
     "seed": (True, 0, 2**32 - 1, False),
     "augment_strength": (False, 0.0, AUGMENT_MAX, False),
+    "workers": (True, 0, 64, False),
+    "max_minutes": (False, 0.0, 1e6, False),
+    "robust_p": (False, 0.0, 1.0, False),
+    "consistency": (False, 0.0, 100.0, False),
 }
-_CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("cosine", "constant")}
+#: Settings with a fixed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adam", "adamw"), "schedule": ("cosine", "constant"),
+    "device": ("auto", "cpu", "cuda", "mps")}
+#: What a params file may set of :data:`NUMBERS` and :data:`CHOICES`.
+_NUMBERS = {k: NUMBERS[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "momentum",
+                                    "crop", "scale", "tile", "repeats", "val_fraction",
+                                    "val_every", "seed", "augment_strength")}
+_CHOICES = {k: CHOICES[k] for k in ("optimizer", "schedule")}
 #: Every field a params file may set.
 PARAM_KEYS = ("model", *_NUMBERS, *_CHOICES, "pretrained", "loss_weights", "model_args")
 

@@ -38,16 +38,17 @@ def test_preset_errors_are_one_line() -> None:
         preset_stages("glas-unet-v2", "maskrcnn-lite0")
 
 
-def test_cli_preset_fills_options_left_at_default() -> None:
+def test_cli_preset_fills_options_not_given() -> None:
     """`glandseg train --preset glas-maskrcnn-v2` trains maskrcnn-lite0 with the preset's
     crop, while an option given explicitly wins."""
     import argparse
 
     from glandseg.cli import train_cmd
+    from glandseg.train.config import build_train_config
 
     parser = argparse.ArgumentParser()
     train_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["train", "--preset", "glas-maskrcnn-v2", "--out", "x",
                               "--repeats", "3"])
-    train_cmd._apply_preset(args)
-    assert (args.model, args.crop, args.repeats) == ("maskrcnn-lite0", 384, 3)
+    tc = build_train_config(train_cmd.given_options(args))
+    assert (tc.model, tc.crop, tc.repeats) == ("maskrcnn-lite0", 384, 3)

@@ -97,8 +97,8 @@ def test_a_failed_start_removes_the_folders_it_made(data: Path, tmp_path: Path) 
     with pytest.raises(GlandsegError, match="--crop 40 is not a multiple of 16"):
         train(tiny(data, out, crop=40))  # fails after config.json and train.log were written
     assert not (tmp_path / "a").exists()
-    with pytest.raises(GlandsegError, match="tile must be at least 64"):
-        train(tiny(data, out, tile=32))  # fails inside setup_run, the folder locked
+    with pytest.raises(GlandsegError, match=r"tile must be an integer in \[64, 8192\]"):
+        train(tiny(data, out, tile=32))  # the typed config refuses it before anything
     assert not (tmp_path / "a").exists()
 
 
