@@ -17,7 +17,7 @@ from glandseg.data.discover import discover
 from glandseg.data.io import read_image, read_label, read_mpp, write_label, write_text
 from glandseg.engine.grade import GradeLog
 from glandseg.infer.predictor import Predictor
-from glandseg.infer.slide import model_id
+from glandseg.infer.windows import model_id
 from glandseg.metrics.score import evaluate_pairs, split_gt_components
 from glandseg.models.config import GLAS_MPP
 from glandseg.report.error_overlay import write_error_outputs
@@ -91,7 +91,9 @@ def _write_settings(predictor: Predictor, out: Path, data: str | Path,
         "glandseg": __version__,
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "model": predictor.config.get("model"), "task": predictor.task,
-        "model_fingerprint": model_id(predictor),
+        # the weights' fingerprint (glandseg.models.fingerprint), as the grader records it
+        "model_fingerprint": predictor.fingerprint,
+        "model_config_fingerprint": model_id(predictor),  # weights + config (slide cache)
         "model_mpp": predictor.mpp, "input_mpp": getattr(predictor, "input_mpp", None),
         "tiling": tiling.as_dict() if hasattr(tiling, "as_dict") else str(tiling),
         "tta": bool(getattr(predictor, "tta", False)),

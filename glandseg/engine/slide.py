@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from glandseg.infer.slide import dask_client
+from glandseg.infer.parallel import dask_client
 from glandseg.report.batch import STATE_DIR, commit_image
 
 __all__ = ["dask_client", "predict_slide_file"]

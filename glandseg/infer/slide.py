@@ -25,6 +25,10 @@ resolution (``predictor.mpp``; the slide's own from ``input_mpp``, the predictor
    id, exactly once. Glands whose painted area is below the model's ``min_area`` are
    dropped (slivers). Ids are ``1..N`` in the order of the glands' top-left corners.
 
+**Modules.** Windows, tissue and the cache: :mod:`glandseg.infer.windows`; running the
+windows here or as tasks: :mod:`glandseg.infer.parallel`; the union-find of the stitching
+is :func:`glandseg.infer.stitch.union_by_window` (shared with Mask R-CNN tiles).
+
 **Scale-out.** With ``client`` (a Dask ``distributed.Client``, e.g. from
 :func:`dask_client`: ``--dask-scheduler ADDRESS`` or a ``LocalCluster`` of ``--workers N``;
 or a ``concurrent.futures`` executor), step 3 runs as tasks of 4 windows each
@@ -40,16 +44,12 @@ of the slide; there is never a full-resolution canvas.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,14 +58,34 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
-from glandseg import GlandsegError, __version__
+from glandseg import GlandsegError
 from glandseg.data.slide import Slide, open_slide
-from glandseg.models.config import GLAS_MPP
+from glandseg.infer.parallel import (
+    dask_client,
+    predict_window_batch,
+    predict_windows,
+)
+from glandseg.infer.stitch import union_by_window
+from glandseg.infer.windows import (
+    Window,
+    WindowStore,
+    active_windows,
+    cache_key,
+    intersect,
+    local,
+    model_id,
+    model_mpp,
+    tissue_mask,
+    window_grid,
+)
 
 log = logging.getLogger(__name__)
 
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), frame px
-CACHE_VERSION = 1
+#: Re-exported: the windows (:mod:`glandseg.infer.windows`) and their parallel execution
+#: (:mod:`glandseg.infer.parallel`) as parts of the slide pipeline.
+__all__ = ["MAX_ALIGNED_TILE", "SlideConfig", "SlideLabels", "SlideStats", "Window",
+           "dask_client", "model_id", "predict_slide", "predict_window_batch",
+           "slide_resolution", "tissue_mask", "window_grid", "window_predictor"]
 
 
 @dataclass(frozen=True)
@@ -110,123 +130,22 @@ class SlideConfig:
             raise bad("aligned_tiles", "true, false or null (auto)", self.aligned_tiles)
 
 
-@dataclass(frozen=True)
-class Window:
-    """One window of the grid: ``core`` (the pixels it owns) inside ``ext`` (what it sees),
-    both frame boxes ``(y0, x0, y1, x1)``."""
-
-    index: int
-    row: int
-    col: int
-    core: Box
-    ext: Box
-
-    @property
-    def name(self) -> str:
-        return f"w{self.row:04d}_{self.col:04d}"
 
 
-def window_grid(shape: tuple[int, int], core: int, margin: int) -> list[Window]:
-    """Windows over a frame of ``shape = (H, W)``, row-major: cores ``core``² (smaller at
-    the right and bottom edges) tile the frame; each ``ext`` is the core grown by ``margin``
-    and clipped to the frame."""
-    H, W = shape
-    rows, cols = max(1, math.ceil(H / core)), max(1, math.ceil(W / core))
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = r * core, c * core
-            y1, x1 = min(H, y0 + core), min(W, x0 + core)
-            ext = (max(0, y0 - margin), max(0, x0 - margin), min(H, y1 + margin),
-                   min(W, x1 + margin))
-            out.append(Window(len(out), r, c, (y0, x0, y1, x1), ext))
-    return out
 
 
-def _intersect(a: Box, b: Box) -> Box | None:
-    y0, x0, y1, x1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    return (y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
 
 
-def _local(box: Box, origin: Box) -> tuple[slice, slice]:
-    return slice(box[0] - origin[0], box[2] - origin[0]), slice(box[1] - origin[1],
-                                                                 box[3] - origin[1])
 
 
-def tissue_mask(thumb: np.ndarray, dilate: int = 2) -> np.ndarray:
-    """Tissue of an RGB thumbnail ``uint8 (h, w, 3)`` → ``bool (h, w)``.
-
-    Background of a scan is bright and grey (low HSV saturation); stained tissue is
-    coloured. Threshold: Otsu on the saturation, kept within [0.04, 0.15] (so an image that
-    is all tissue, or all background, is not split in two); then small specks removed,
-    holes (lumens) filled and the mask grown by ``dilate`` px.
-    """
-    from skimage.filters import threshold_otsu
-
-    rgb = thumb.astype(np.float32) / 255.0
-    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
-    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    t = float(threshold_otsu(sat)) if sat.size > 1 and np.ptp(sat) > 0 else 0.15
-    mask = sat > min(max(t, 0.04), 0.15)
-    mask = ndi.binary_opening(mask, iterations=1)
-    mask = ndi.binary_fill_holes(mask)
-    if dilate > 0:
-        mask = ndi.binary_dilation(mask, iterations=dilate)
-    return mask
 
 
-def model_id(predictor) -> str:
-    """SHA-256 of the model's config and weights fingerprint (:mod:`glandseg.models.fingerprint`):
-    identifies the model in the window cache and in ``settings.json``."""
-    h = hashlib.sha256(json.dumps(predictor.config, sort_keys=True, default=str).encode())
-    h.update(predictor.fingerprint.encode())
-    return h.hexdigest()
 
 
-def _save_labels(path: Path, labels: np.ndarray) -> None:
-    """Window labels → ``path`` (npz, smallest unsigned dtype), atomically."""
-    dt = np.uint16 if labels.size == 0 or labels.max() < 65536 else np.uint32
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, labels=labels.astype(dt))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
-def _load_labels(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        return z["labels"]
 
 
-class _WindowStore:
-    """Window label images from the cache folder, the last ``capacity`` kept decoded."""
-
-    def __init__(self, folder: Path, windows: list[Window], capacity: int) -> None:
-        self.folder, self.windows, self.capacity = folder, windows, capacity
-        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.loads = 0
-
-    def path(self, i: int) -> Path:
-        return self.folder / f"{self.windows[i].name}.npz"
-
-    def get(self, i: int) -> np.ndarray:
-        a = self._lru.get(i)
-        if a is not None:
-            self._lru.move_to_end(i)
-            return a
-        try:
-            a = _load_labels(self.path(i))
-        except Exception as exc:
-            raise GlandsegError(f"{self.path(i)}: cached window unreadable ({exc}); delete "
-                                f"{self.folder} and run again") from exc
-        self.loads += 1
-        self._lru[i] = a
-        while len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
-        return a
 
 
 @dataclass
@@ -268,7 +187,7 @@ class SlideLabels:
     thumbnail: np.ndarray
     thumb_zoom: float
     tissue: np.ndarray
-    store: _WindowStore
+    store: WindowStore
     cache_dir: Path
     stats: SlideStats = field(default_factory=SlideStats)
     core: int = 2048
@@ -291,11 +210,11 @@ class SlideLabels:
                 if lut is None:
                     continue
                 w = self.windows[i]
-                part = _intersect(w.core, box)
+                part = intersect(w.core, box)
                 if part is None:
                     continue
                 labels = self.store.get(i)
-                out[_local(part, box)] = lut[labels[_local(part, w.ext)]]
+                out[local(part, box)] = lut[labels[local(part, w.ext)]]
         return out
 
     def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -344,11 +263,6 @@ class SlideLabels:
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
-def _model_mpp(predictor) -> float:
-    mpp = getattr(predictor, "mpp", None)
-    if mpp is None:
-        mpp = getattr(predictor.model_config.preprocess, "mpp", GLAS_MPP)
-    return float(mpp)
 
 
 _ASSUMED_SAID = False  # the assumed resolution is said once per process
@@ -364,7 +278,7 @@ def slide_resolution(predictor, slide: Slide, input_mpp: float | None = None
         return float(predictor.input_mpp), "--input-mpp"
     if slide.mpp is not None:
         return float(slide.mpp), slide.mpp_source
-    mpp = _model_mpp(predictor)
+    mpp = model_mpp(predictor)
     global _ASSUMED_SAID
     say = log.debug if _ASSUMED_SAID else log.warning
     _ASSUMED_SAID = True
@@ -378,153 +292,25 @@ def _zoom(predictor, mpp: float) -> float:
     z = getattr(predictor, "zoom", None)
     if callable(z):
         return float(z(mpp))
-    return mpp / _model_mpp(predictor)
+    return mpp / model_mpp(predictor)
 
 
-def _cache_key(predictor, slide: Slide, mpp: float, zoom: float, cfg: SlideConfig) -> str:
-    st = slide.path.stat()
-    blob = {
-        "version": CACHE_VERSION, "glandseg": __version__,
-        "slide": [str(slide.path.resolve()), st.st_size, st.st_mtime_ns],
-        "model": model_id(predictor), "mpp": mpp, "zoom": zoom,
-        "core": cfg.core, "margin": cfg.margin, "tissue": cfg.tissue,
-        "thumb_side": cfg.thumb_side, "tta": bool(getattr(predictor, "tta", False)),
-        "tiling": predictor.tiling.as_dict() if hasattr(predictor.tiling, "as_dict")
-        else str(predictor.tiling),
-        "stain_norm": getattr(predictor, "stain_norm", None),
-        "deblur": getattr(predictor, "deblur", None),
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _active(windows: list[Window], tissue: np.ndarray | None, tz: float, zoom: float
-            ) -> list[Window]:
-    if tissue is None:
-        return list(windows)
-    out = []
-    th, tw = tissue.shape
-    f = tz / zoom  # thumbnail px per frame px
-    for w in windows:
-        y0, x0, y1, x1 = w.ext
-        ty0, tx0 = max(0, math.floor(y0 * f)), max(0, math.floor(x0 * f))
-        ty1, tx1 = min(th, math.ceil(y1 * f)), min(tw, math.ceil(x1 * f))
-        if ty1 > ty0 and tx1 > tx0 and tissue[ty0:ty1, tx0:tx1].any():
-            out.append(w)
-    return out
 
 
-_LIBC: object = None
 
 
-def _trim_heap() -> None:
-    """Give the heap memory freed by a window back to the OS (glibc ``malloc_trim``; a
-    no-op elsewhere): without it fragmentation lets the RSS between windows creep up."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 (glibc only)
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
 
 
-def _predict_window(predictor, slide: Slide, zoom: float, w: Window, path: Path) -> None:
-    """Read one window at the model's resolution, segment it, save its labels to ``path``."""
-    y0, x0, y1, x1 = w.ext
-    image = slide.read_at(zoom, y0, x0, y1 - y0, x1 - x0)
-    labels = predictor.predict(image, mpp=_model_mpp(predictor))
-    _save_labels(path, np.asarray(labels))
-    del image, labels
-    _trim_heap()
 
 
-def predict_window_batch(predictor, slide_path: str, zoom: float, windows: list[Window],
-                         cache: str, threads: int | None = None) -> int:
-    """One task of a distributed run (a Dask worker or a process pool): segment
-    ``windows`` of the slide at ``slide_path`` into the cache folder ``cache`` (windows
-    already there are skipped, so a task may safely run twice). ``threads``: network threads
-    in this worker. Returns the number of windows predicted."""
-    if threads:
-        predictor.backend.set_threads(threads)
-    n = 0
-    with open_slide(slide_path) as slide:
-        for w in windows:
-            path = Path(cache) / f"{w.name}.npz"
-            if not path.is_file():
-                _predict_window(predictor, slide, zoom, w, path)
-                n += 1
-    return n
 
 
-@contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None
-                ) -> Iterator[object | None]:
-    """A Dask ``distributed.Client`` for :func:`predict_slide`: connected to the scheduler
-    at ``scheduler`` (e.g. ``tcp://host:8786``), else on a ``LocalCluster`` of ``workers``
-    processes (one torch thread each when they share this machine's cores); ``None`` (run
-    here) when neither is given. Raises :class:`GlandsegError` when Dask is missing or
-    the scheduler cannot be reached."""
-    if scheduler is None and not workers:
-        yield None
-        return
-    try:
-        import distributed
-    except ImportError as exc:
-        raise GlandsegError("--dask-scheduler/--workers need Dask: pip install "
-                            "'glandseg[dask]' (dask, distributed)") from exc
-    if scheduler is not None:
-        try:
-            client = distributed.Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise GlandsegError(f"--dask-scheduler {scheduler}: cannot connect ({exc}); "
-                                "start `dask scheduler` there or check the address") from exc
-        with client:
-            yield client
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, env=env) as cluster, \
-            distributed.Client(cluster) as client:
-        yield client
 
 
-def _is_dask(client) -> bool:
-    return type(client).__module__.split(".")[0] == "distributed"
 
 
-def _predict_windows(predictor, slide: Slide, zoom: float, todo: list[Window], store:
-                     _WindowStore, bar, client=None, batch: int = 4,
-                     threads: int | None = None) -> None:
-    """Segment ``todo`` into the cache: here, or as tasks of ``client`` (a Dask
-    ``distributed.Client`` or a ``concurrent.futures`` executor) of ``batch`` windows each."""
-    if client is None:
-        for w in todo:
-            _predict_window(predictor, slide, zoom, w, store.path(w.index))
-            bar.update(1)
-        return
-    if _is_dask(client):
-        from distributed import as_completed
-
-        shared = client.scatter(predictor, broadcast=True)
-        submit = lambda *a: client.submit(predict_window_batch, *a, pure=False)  # noqa: E731
-    else:
-        from concurrent.futures import as_completed
-
-        shared = predictor
-        submit = lambda *a: client.submit(predict_window_batch, *a)  # noqa: E731
-    futures = {}
-    for i in range(0, len(todo), batch):
-        chunk = todo[i:i + batch]
-        f = submit(shared, str(slide.path), zoom, chunk, str(store.folder), threads)
-        futures[f] = len(chunk)
-    for f in as_completed(list(futures)):
-        f.result()  # re-raises a worker's error here
-        bar.update(futures[f])
 
 
 def _match(a: np.ndarray, b: np.ndarray, iou_min: float
@@ -546,7 +332,7 @@ def _match(a: np.ndarray, b: np.ndarray, iou_min: float
                                                            strict=True)]
 
 
-def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
+def _stitch(windows: list[Window], active: list[Window], store: WindowStore,
             cfg: SlideConfig, min_area: int
             ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
     """Match labels across neighbouring windows; returns ``(luts, glands, area)`` (see
@@ -563,7 +349,7 @@ def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
         n = int(lab.max()) if lab.size else 0
         offset[w.index], nlab[w.index] = total, n
         total += n
-        core = lab[_local(w.core, w.ext)]
+        core = lab[local(w.core, w.ext)]
         areas.append(np.bincount(core.ravel(), minlength=n + 1)[1:n + 1].astype(np.int64))
         bb = np.zeros((n, 4), np.int64)
         for k, sl in enumerate(ndi.find_objects(core, max_label=n)):
@@ -575,11 +361,11 @@ def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
             nb = index.get((w.row + dr, w.col + dc))
             if nb is None:
                 continue
-            shared = _intersect(w.ext, nb.ext)
+            shared = intersect(w.ext, nb.ext)
             if shared is None:
                 continue
-            a = lab[_local(shared, w.ext)]
-            b = store.get(nb.index)[_local(shared, nb.ext)]
+            a = lab[local(shared, w.ext)]
+            b = store.get(nb.index)[local(shared, nb.ext)]
             for iou, la, lb in _match(a, b, cfg.match_iou):
                 pairs.append((iou, offset[w.index] + la, offset[nb.index] + lb))
     area = np.concatenate(areas) if areas else np.zeros(0, np.int64)
@@ -588,27 +374,9 @@ def _stitch(windows: list[Window], active: list[Window], store: _WindowStore,
     win_of = np.zeros(total, np.int64)
     for w in active:
         win_of[offset[w.index]:offset[w.index] + nlab[w.index]] = w.index
-    parent = list(range(total))
-    members: dict[int, set[int]] = {}
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for _, a, b in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
-        ra, rb = find(a - 1), find(b - 1)
-        if ra == rb:
-            continue
-        sa = members.get(ra, {int(win_of[ra])})
-        sb = members.get(rb, {int(win_of[rb])})
-        if sa & sb:
-            continue
-        parent[rb] = ra
-        members[ra] = sa | sb
-        members.pop(rb, None)
-    roots = np.array([find(i) for i in range(total)], np.int64)
+    ordered = sorted(pairs, key=lambda p: (-p[0], p[1], p[2]))
+    roots = np.array(union_by_window(win_of, [(v, a - 1, b - 1) for v, a, b in ordered]),
+                     np.int64)
     g_area = np.bincount(roots, weights=area, minlength=total).astype(np.int64)
     big = np.iinfo(np.int64).max
     g_box = np.stack([np.full(total, big), np.full(total, big), np.full(total, -1),
@@ -680,12 +448,12 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     H0, W0 = slide.shape
     frame = (max(1, round(H0 * zoom)), max(1, round(W0 * zoom)))
     log.info("%s: %dx%d px at %.4g µm/px (%s) → %dx%d px at the model's %.4g µm/px",
-             slide.path, W0, H0, mpp, source, frame[1], frame[0], _model_mpp(predictor))
+             slide.path, W0, H0, mpp, source, frame[1], frame[0], model_mpp(predictor))
     thumb, tz = slide.thumbnail(cfg.thumb_side)
     tissue = tissue_mask(thumb) if cfg.tissue else np.ones(thumb.shape[:2], bool)
     windows = window_grid(frame, cfg.core, cfg.margin)
-    active = _active(windows, tissue if cfg.tissue else None, tz, zoom)
-    key = _cache_key(predictor, slide, mpp, zoom, cfg)
+    active = active_windows(windows, tissue if cfg.tissue else None, tz, zoom)
+    key = cache_key(predictor, slide, mpp, zoom, cfg)
     cache = Path(work_dir) / key
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -694,7 +462,7 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     (cache / "settings.json").write_text(json.dumps(
         {"slide": str(slide.path), "mpp": mpp, "mpp_source": source, "zoom": zoom,
          "config": asdict(cfg)}, indent=1) + "\n", encoding="utf-8")
-    store = _WindowStore(cache, windows, cfg.lru)
+    store = WindowStore(cache, windows, cfg.lru)
     todo = [w for w in active if not store.path(w.index).is_file()]
     stats = SlideStats(frame=frame, windows=len(windows), active=len(active),
                        predicted=len(todo), resumed=len(active) - len(todo),
@@ -705,7 +473,7 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     t0 = time.perf_counter()
     with tqdm(total=len(active), initial=stats.resumed, unit="win", desc=slide.path.stem,
               disable=None if progress else True, smoothing=0.1) as bar:
-        _predict_windows(predictor, slide, zoom, todo, store, bar, client=client,
+        predict_windows(predictor, slide, zoom, todo, store, bar, client=client,
                          threads=threads)
     stats.predict_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -713,7 +481,7 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     luts, glands, area = _stitch(windows, active, store, cfg, min_area)
     stats.stitch_s = time.perf_counter() - t0
     stats.glands = len(glands)
-    return SlideLabels(frame=frame, zoom=zoom, mpp=mpp, model_mpp=_model_mpp(predictor),
+    return SlideLabels(frame=frame, zoom=zoom, mpp=mpp, model_mpp=model_mpp(predictor),
                        shape=(H0, W0), windows=windows, luts=luts, glands=glands, area=area,
                        thumbnail=thumb, thumb_zoom=tz, tissue=tissue, store=store,
                        cache_dir=cache, stats=stats, core=cfg.core)

@@ -23,6 +23,7 @@ stray, unmatched sliver at a window edge cannot take pixels from a whole gland.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,12 +134,15 @@ def shared_iou(a: Detection, b: Detection, region: Window, threshold: float = 0.
     return np.count_nonzero(ma & mb) / union if union else 0.0
 
 
-def stitch(dets: list[Detection], windows: list[Window], match_iou: float = 0.4,
-           threshold: float = 0.5) -> list[list[Detection]]:
-    """Group the detections of overlapping windows that show the same gland (see the module
-    docstring). Returns groups (lists of detections, at most one per window), one per gland."""
-    parent = list(range(len(dets)))
-    tiles = [{d.tile} for d in dets]
+def union_by_window(window_of: Sequence[int], pairs: Iterable[tuple[float, int, int]]
+                    ) -> list[int]:
+    """Union-find over items ``0..n-1`` (``window_of[i]``: the window item ``i`` comes
+    from): the ``(score, i, j)`` pairs are merged in the order given (the caller sorts them,
+    best first), except a merge that would put two items of one window in one group.
+    Returns each item's group root (an item index). Shared by :func:`stitch` (detections)
+    and :mod:`glandseg.infer.slide` (window labels)."""
+    parent = list(range(len(window_of)))
+    windows: dict[int, set[int]] = {}
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -146,6 +150,24 @@ def stitch(dets: list[Detection], windows: list[Window], match_iou: float = 0.4,
             i = parent[i]
         return i
 
+    for _, i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri == rj:
+            continue
+        si = windows.get(ri, {int(window_of[ri])})
+        sj = windows.get(rj, {int(window_of[rj])})
+        if si & sj:
+            continue
+        parent[rj] = ri
+        windows[ri] = si | sj
+        windows.pop(rj, None)
+    return [find(i) for i in range(len(parent))]
+
+
+def stitch(dets: list[Detection], windows: list[Window], match_iou: float = 0.4,
+           threshold: float = 0.5) -> list[list[Detection]]:
+    """Group the detections of overlapping windows that show the same gland (see the module
+    docstring). Returns groups (lists of detections, at most one per window), one per gland."""
     by_tile: dict[int, list[int]] = {}
     for i, d in enumerate(dets):
         by_tile.setdefault(d.tile, []).append(i)
@@ -168,15 +190,10 @@ def stitch(dets: list[Detection], windows: list[Window], match_iou: float = 0.4,
                     if iou >= match_iou:
                         pairs.append((iou, i, j))
     pairs.sort(key=lambda p: -p[0])
-    for _, i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri == rj or tiles[ri] & tiles[rj]:
-            continue
-        parent[rj] = ri
-        tiles[ri] |= tiles[rj]
+    roots = union_by_window([d.tile for d in dets], pairs)
     groups: dict[int, list[Detection]] = {}
     for i, d in enumerate(dets):
-        groups.setdefault(find(i), []).append(d)
+        groups.setdefault(roots[i], []).append(d)
     log.debug("stitched %d detections from %d windows into %d groups", len(dets),
               len(windows), len(groups))
     return list(groups.values())

@@ -10,14 +10,16 @@ The same weights give the same fingerprint whether they are read from a safetens
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from glandseg import GlandsegError
 
-__all__ = ["array_fingerprint", "file_fingerprint", "model_fingerprint", "sha256_file"]
+__all__ = ["array_fingerprint", "config_fingerprint", "file_fingerprint", "model_fingerprint",
+           "sha256_file"]
 
 
 def array_fingerprint(items: Iterable[tuple[str, np.ndarray]]) -> str:
@@ -62,4 +64,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while b := f.read(chunk):
             h.update(b)
+    return h.hexdigest()
+
+
+def config_fingerprint(config: Mapping, weights: str) -> str:
+    """SHA-256 (hex) of a model config (JSON, keys sorted) and its weights fingerprint
+    (:func:`model_fingerprint`): the same network with other post-processing or tiling is
+    another model for a cache of its outputs (the slide window cache)."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(weights.encode())
     return h.hexdigest()

@@ -82,6 +82,13 @@ def test_evaluate_all_images_not_partial_in_metrics(glas: Path, fg_model: Path,
     st2 = json.loads((tmp_path / "ev2" / "settings.json").read_text())
     assert st2["deblur"] == "off" and st2["limit"] == 1 and st2["sharpened_images"] == {}
     assert st2["model_fingerprint"] == st["model_fingerprint"]
+    # one fingerprint of the weights: the one the grader and the ONNX graphs record
+    from glandseg.infer.predictor import Predictor
+    from glandseg.models.fingerprint import config_fingerprint
+
+    pred = Predictor.from_name(str(fg_model), device="cpu")
+    assert st["model_fingerprint"] == pred.fingerprint
+    assert st["model_config_fingerprint"] == config_fingerprint(pred.config, pred.fingerprint)
 
 
 def test_evaluate_out_is_a_file(glas: Path, tmp_path: Path, capsys) -> None:

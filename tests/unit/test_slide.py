@@ -529,3 +529,30 @@ def test_cli_predict_slide_with_bundled_model(glas_dir: Path, tmp_path: Path) ->
     with pytest.raises(SystemExit):
         main(["predict", str(path), "--out", str(out), "--workers", "2",
               "--dask-scheduler", "tcp://127.0.0.1:8786"])
+
+
+def test_one_union_find_for_windows_and_tiles() -> None:
+    """The slide stitching and the Mask R-CNN tile stitching share one union-find: pairs
+    best first, never two items of one window in a group."""
+    from glandseg.infer.stitch import union_by_window
+
+    # items 0, 1 in window 0; 2 in window 1; 3 in window 2
+    roots = union_by_window([0, 0, 1, 2], [(0.9, 0, 2), (0.8, 1, 2), (0.7, 2, 3)])
+    assert roots[0] == roots[2] == roots[3] and roots[1] != roots[0]
+    assert union_by_window([0, 1], []) == [0, 1]
+
+
+def test_the_slide_cache_key_keeps_its_model_id() -> None:
+    """model_id is the one fingerprint module's config_fingerprint (caches stay valid)."""
+    import hashlib
+
+    from glandseg.infer.windows import model_id
+    from glandseg.models.fingerprint import config_fingerprint
+
+    class P:
+        config = {"model": "unet", "postprocess": {"min_area": 5}}
+        fingerprint = "ab" * 32
+
+    old = hashlib.sha256(json.dumps(P.config, sort_keys=True, default=str).encode())
+    old.update(P.fingerprint.encode())
+    assert model_id(P()) == config_fingerprint(P.config, P.fingerprint) == old.hexdigest()
