@@ -296,41 +296,40 @@ def _unit_to_um(value: float, unit: str | None) -> float | None:
     return None if factor is None else value * factor
 
 
-def _tiff_mpp(path: Path) -> tuple[float | None, str]:
-    """``(µm/px, where from)`` of a TIFF: OME-XML ``PhysicalSizeX``, an Aperio
-    ``ImageDescription`` ``MPP = x``, else the ``XResolution`` tag with ``ResolutionUnit``
-    inch or centimetre (unit "none" is not physical)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        if tif.is_ome and tif.ome_metadata:
-            m = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
-            if m:
-                attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
-                if "PhysicalSizeX" in attrs:
-                    try:
-                        v = _unit_to_um(float(attrs["PhysicalSizeX"]),
-                                        attrs.get("PhysicalSizeXUnit"))
-                    except ValueError:
-                        v = None
-                    if v is not None:
-                        return v, "OME-XML PhysicalSizeX"
-        desc = page.description or ""
-        if desc.startswith("Aperio"):
-            m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
-            if m:
-                return float(m.group(1)), "Aperio ImageDescription MPP"
-        tags = page.tags
-        if "XResolution" in tags:
-            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-            num, den = tags["XResolution"].value
-            per_unit = num / den if den else 0.0
-            if per_unit > 0 and unit in (2, 3):
-                um = 25400.0 if unit == 2 else 10000.0
-                name = "inch" if unit == 2 else "centimetre"
-                return um / per_unit, f"TIFF XResolution ({per_unit:g} px per {name})"
-            return None, "TIFF resolution unit is 'none' (not physical)"
+def tiff_mpp(tif) -> tuple[float | None, str]:
+    """``(µm/px, where from)`` of an open ``tifffile.TiffFile`` (a plain TIFF or a slide
+    format such as SVS or NDPI): OME-XML ``PhysicalSizeX``, an Aperio ``ImageDescription``
+    ``MPP = x``, else the ``XResolution`` tag with ``ResolutionUnit`` inch or centimetre
+    (unit "none" is not physical). Not yet checked for plausibility (:func:`plausible_mpp`).
+    The one TIFF resolution rule: :func:`read_mpp` and :mod:`glandseg.data.slide` use it."""
+    page = tif.pages[0]
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", tif.ome_metadata)
+        if m:
+            attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+            if "PhysicalSizeX" in attrs:
+                try:
+                    v = _unit_to_um(float(attrs["PhysicalSizeX"]),
+                                    attrs.get("PhysicalSizeXUnit"))
+                except ValueError:
+                    v = None
+                if v is not None:
+                    return v, "OME-XML PhysicalSizeX"
+    desc = page.description or ""
+    if desc.startswith("Aperio"):
+        m = re.search(r"\bMPP\s*=\s*([0-9.eE+-]+)", desc)
+        if m:
+            return float(m.group(1)), "Aperio ImageDescription MPP"
+    tags = page.tags
+    if "XResolution" in tags:
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        num, den = tags["XResolution"].value
+        per_unit = num / den if den else 0.0
+        if per_unit > 0 and unit in (2, 3):
+            um = 25400.0 if unit == 2 else 10000.0
+            name = "inch" if unit == 2 else "centimetre"
+            return um / per_unit, f"TIFF XResolution ({per_unit:g} px per {name})"
+        return None, "TIFF resolution unit is 'none' (not physical)"
     return None, "no resolution tags"
 
 
@@ -367,11 +366,20 @@ def read_mpp(path: str | os.PathLike) -> tuple[float | None, str]:
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            mpp, source = _tiff_mpp(path)
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                mpp, source = tiff_mpp(tif)
         else:
             mpp, source = _pillow_mpp(path)
     except Exception as exc:  # metadata is optional; reading the pixels reports errors
         return None, f"unreadable metadata ({type(exc).__name__})"
+    return plausible_mpp(mpp, source)
+
+
+def plausible_mpp(mpp: float | None, source: str) -> tuple[float | None, str]:
+    """``(mpp, source)`` if ``mpp`` is a microscope resolution (:data:`PLAUSIBLE_MPP`),
+    else ``(None, why not)``."""
     if mpp is None:
         return None, source
     lo, hi = PLAUSIBLE_MPP

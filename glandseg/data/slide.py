@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from glandseg import GlandsegError
-from glandseg.data.io import as_rgb8, exif_upright, file_problem
+from glandseg.data.io import as_rgb8, exif_upright, file_problem, plausible_mpp, tiff_mpp
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,6 @@ MAX_LOAD_FRACTION = 0.5
 #: TIFF segments (tiles, strips) larger than this are not "by region" (one huge strip):
 #: such a page is decoded whole, within :func:`load_limit`.
 MAX_SEGMENT_PIXELS = 4096 * 4096
-#: Aperio/TIFF description resolution, as in :func:`glandseg.data.io.read_mpp`.
-_APERIO_MPP = re.compile(r"\bMPP\s*=\s*([0-9.eE+-]+)")
 
 
 def _openslide():
@@ -224,7 +221,7 @@ class TiffSlide(Slide):
             self._tiles: OrderedDict = OrderedDict()
             self._tile_cache_bytes = 0
             self._whole: tuple[int, np.ndarray] | None = None
-            self.mpp, self.mpp_source = _tiff_mpp(self._tif, path)
+            self.mpp, self.mpp_source = plausible_mpp(*tiff_mpp(self._tif))
         except Exception:
             self._tif.close()
             raise
@@ -319,31 +316,6 @@ def _decode_error(path: Path, page, exc: Exception) -> str:
             if "imagecodecs" in str(exc) or isinstance(exc, ValueError | NotImplementedError)
             else "the file may be damaged; re-export it")
     return f"{path}: cannot decode a {comp} tile ({why}); {hint}"
-
-
-def _tiff_mpp(tif, path: Path) -> tuple[float | None, str]:
-    """Level-0 µm/px of an open TIFF (as :func:`glandseg.data.io.read_mpp`), or
-    ``(None, why)``. Plain ``.tif`` files go through ``read_mpp``; slide formats
-    (``.svs``, ``.ndpi``) add the Aperio description and NDPI centimetre resolution."""
-    from glandseg.data.io import PLAUSIBLE_MPP, read_mpp
-
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return read_mpp(path)
-    page = tif.pages[0]
-    mpp, source = None, "no resolution metadata"
-    m = _APERIO_MPP.search(page.description or "")
-    if m:
-        mpp, source = float(m.group(1)), "Aperio ImageDescription MPP"
-    elif "XResolution" in page.tags and "ResolutionUnit" in page.tags:
-        unit = int(page.tags["ResolutionUnit"].value)
-        num, den = page.tags["XResolution"].value
-        if den and num and unit in (2, 3):
-            mpp = (25400.0 if unit == 2 else 10000.0) * den / num
-            source = "TIFF XResolution"
-    lo, hi = PLAUSIBLE_MPP
-    if mpp is not None and not (math.isfinite(mpp) and lo <= mpp <= hi):
-        return None, f"{source} gives {mpp:.4g} µm/px, not a microscope resolution"
-    return mpp, source
 
 
 class OpenSlideSlide(Slide):

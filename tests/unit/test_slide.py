@@ -556,3 +556,20 @@ def test_the_slide_cache_key_keeps_its_model_id() -> None:
     old = hashlib.sha256(json.dumps(P.config, sort_keys=True, default=str).encode())
     old.update(P.fingerprint.encode())
     assert model_id(P()) == config_fingerprint(P.config, P.fingerprint) == old.hexdigest()
+
+
+@pytest.mark.parametrize("kw,want", [
+    ({"resolution": (40000, 40000), "resolutionunit": 3}, 0.25),  # 40000 px/cm
+    ({"description": "Aperio Image Library v12 |MPP = 0.4990|AppMag = 20"}, 0.499),
+    ({"resolution": (72, 72), "resolutionunit": 2}, None),  # 72 dpi: not a microscope
+])
+def test_one_mpp_reader_for_images_and_slides(tmp_path: Path, kw: dict, want) -> None:
+    """data.io.read_mpp and an opened slide read a TIFF's resolution by one rule."""
+    from glandseg.data.io import read_mpp
+
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", **kw)
+    mpp, _ = read_mpp(path)
+    with open_slide(path) as s:
+        assert s.mpp == mpp
+    assert mpp == (pytest.approx(want) if want else None)
