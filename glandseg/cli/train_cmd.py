@@ -33,6 +33,7 @@ def _number(name: str, what: str = "a number"):
     integer, lo, hi, lo_open = NUMBERS[name]
     if integer:
         return int_in(int(lo), int(hi))
+    lo, hi = (int(v) if float(v).is_integer() else v for v in (lo, hi))  # messages: 0, not 0.0
     return float_in(lo, hi, zero_ok=not lo_open, what=what)
 
 
