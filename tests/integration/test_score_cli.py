@@ -62,9 +62,15 @@ def test_score_cli_names_missing_predictions(folders, capsys):
     pred_dir, gt_dir = folders
     (pred_dir / "testA_2.png").unlink()
     (pred_dir / "testB_1.png").unlink()
+    # testB has no prediction left: that part is left out (named in the log); testA has
+    # one of its two: the missing one is an error naming it
     assert main(["score", str(pred_dir), str(gt_dir)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
+    assert "testA_2.png" in err and "testA_1.png" not in err
+    # asking for testB explicitly: its missing prediction is named too
+    assert main(["score", str(pred_dir), str(gt_dir), "--parts", "testA,testB"]) == 1
+    err = capsys.readouterr().err.strip()
     assert "testA_2.png" in err and "testB_1.png" in err and "testA_1.png" not in err
 
 
