@@ -32,6 +32,13 @@ QUICK_GRIDS = {"contour": {"interior_threshold": [0.5, 0.6], "foreground_thresho
                "distance": {"seed_threshold": [0.4, 0.5], "foreground_threshold": [0.5],
                             "min_area": [100], "min_seed_area": [10], "fill_holes": [True]}}
 
+#: ``--small-grid``: a reduced grid for a CPU proof run (the full grids are the defaults).
+SMALL_GRIDS = {"contour": {"interior_threshold": [0.5, 0.6], "foreground_threshold": [0.5],
+                           "min_area": [100, 300], "min_seed_area": [30], "fill_holes": [True],
+                           "boundary_weight": [0.0, 1.0]},
+               "distance": {"seed_threshold": [0.4, 0.5, 0.6], "foreground_threshold": [0.5],
+                            "min_area": [100, 300], "min_seed_area": [10], "fill_holes": [True]}}
+
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,6 +64,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--augment", default="{}", help="JSON of GpuAugment fields")
     p.add_argument("--parallel", type=int, default=1, help="models trained at once")
     p.add_argument("--workers", type=int, default=1, help="processes of the selection")
+    p.add_argument("--small-grid", action="store_true", help="reduced threshold grids (CPU)")
     return p.parse_args(argv)
 
 
@@ -98,8 +106,7 @@ def run_all(a: argparse.Namespace, c: cv.CVConfig) -> dict:
     if failed:
         raise GlandsegError(f"model(s) {failed} failed; see {out}/job_K.out")
     train_s = time.time() - t0
-    grids = QUICK_GRIDS if a.quick else None
-    summary = cv.select(out, c.data, workers=a.workers, grids=grids)
+    summary = cv.select(out, c.data, workers=a.workers, grids=_grids(a))
     summary["minutes"] = {"training_and_oof": round(train_s / 60, 2),
                           "total": round((time.time() - t0) / 60, 2)}
     infos = [json.loads((out / f"fold_{i}" / "info.json").read_text()) for i in range(c.folds)]
@@ -110,6 +117,10 @@ def run_all(a: argparse.Namespace, c: cv.CVConfig) -> dict:
 
     ckpt.save_json(out / "summary.json", summary)
     return summary
+
+
+def _grids(a: argparse.Namespace) -> dict | None:
+    return QUICK_GRIDS if a.quick else SMALL_GRIDS if a.small_grid else None
 
 
 def _strip(args: list[str]) -> list[str]:
@@ -142,8 +153,7 @@ def main(argv=None) -> int:
                 raise GlandsegError(f"--stage fold needs --fold 0..{c.folds}")
             print(json.dumps(cv.run_fold(c, a.fold)))
         elif a.stage == "select":
-            print(json.dumps(cv.select(c.out, c.data, a.workers,
-                                       QUICK_GRIDS if a.quick else None), indent=1))
+            print(json.dumps(cv.select(c.out, c.data, a.workers, _grids(a)), indent=1))
         else:
             print(json.dumps(run_all(a, c), indent=1))
     except GlandsegError as exc:
