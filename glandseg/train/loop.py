@@ -164,6 +164,7 @@ class Trainer:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         fh.setLevel(logging.INFO)
         pkg = logging.getLogger("glandseg")
+        _drop_stale_handlers(pkg)
         pkg.addHandler(fh)
         self._fh, self._old_level = fh, pkg.level
         shown = pkg.getEffectiveLevel()
@@ -622,6 +623,18 @@ class _LogFile(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
         pass
+
+
+def _drop_stale_handlers(pkg: logging.Logger) -> None:
+    """Remove the log handlers an earlier trainer of this process left behind (one that
+    stopped before it could close them): its ``train.log`` would get this run's lines and
+    its console forwarder would print them twice."""
+    stale = [h for h in pkg.handlers if isinstance(h, _LogFile | _Forward)]
+    for h in stale:
+        pkg.removeHandler(h)
+        h.close()
+    if any(isinstance(h, _Forward) for h in stale):
+        pkg.propagate = True
 
 
 class _Forward(logging.Handler):
