@@ -75,6 +75,7 @@ def test_evaluate_all_images_not_partial_in_metrics(glas: Path, fg_model: Path,
     st = json.loads((out / "settings.json").read_text())
     assert st["deblur"] == "auto" and st["tta"] is False and st["stain_norm"] is None
     assert st["model"] == "unet" and len(st["model_fingerprint"]) == 64 and st["limit"] is None
+    assert st["backend"] == "onnx"  # the CPU default
     assert st["splits"] == ["testA", "testB"] and st["data"] == str(glas)
     assert isinstance(st["sharpened_images"], dict)
     assert main(["-q", "evaluate", "--model", str(fg_model), "--data", str(glas), "--out",
@@ -82,6 +83,10 @@ def test_evaluate_all_images_not_partial_in_metrics(glas: Path, fg_model: Path,
     st2 = json.loads((tmp_path / "ev2" / "settings.json").read_text())
     assert st2["deblur"] == "off" and st2["limit"] == 1 and st2["sharpened_images"] == {}
     assert st2["model_fingerprint"] == st["model_fingerprint"]
+    assert main(["-q", "evaluate", "--model", str(fg_model), "--data", str(glas), "--out",
+                 str(tmp_path / "ev3"), "--device", "cpu", "--backend", "torch", "--limit", "1"]) == 0
+    st3 = json.loads((tmp_path / "ev3" / "settings.json").read_text())
+    assert st3["backend"] == "torch" and st3["model_fingerprint"] == st["model_fingerprint"]
     # one fingerprint of the weights: the one the grader and the ONNX graphs record
     from glandseg.infer.predictor import Predictor
     from glandseg.models.fingerprint import config_fingerprint
