@@ -127,11 +127,18 @@ def _storage(cfg: SearchConfig):
     else:
         kwargs = {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=cfg.heartbeat_s,
-                                              grace_period=3 * cfg.heartbeat_s)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                      heartbeat_interval=cfg.heartbeat_s,
+                                                      grace_period=3 * cfg.heartbeat_s)
+            except Exception as exc:  # two workers creating a new database at once: the
+                # loser's schema insert fails (UNIQUE alembic_version); the schema is there now
+                if "IntegrityError" not in type(exc).__name__ or attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         raise GlandsegError(f"--storage {_safe_url(url)}: its database driver is not installed "
                             f"({exc}); for PostgreSQL: pip install 'psycopg[binary]'") from exc

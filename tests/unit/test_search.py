@@ -451,3 +451,38 @@ def test_time_limit_caps_the_trials_budget(tmp_path: Path, data: Path) -> None:
     assert Objective(capped, space, deadline=time.time() + 30).train_config(
         tp, tmp_path / "r").max_minutes == 0.1
     assert Objective(cfg, space).train_config(tp, tmp_path / "r").max_minutes is None
+
+
+def test_storage_retries_when_another_worker_created_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers opening a new SQLite study at once: the loser's schema insert fails with
+    an IntegrityError (UNIQUE alembic_version); it opens the storage again instead of failing.
+    Any other error is still one line."""
+    import optuna
+
+    from glandseg.search import study
+
+    class IntegrityError(Exception):
+        pass
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("UNIQUE constraint failed: alembic_version.version_num")
+        return real(*a, **k)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    cfg = SearchConfig(model="unet", data=str(tmp_path), out=str(tmp_path / "s"))
+    (tmp_path / "s").mkdir()
+    assert study._storage(cfg) is not None and len(calls) == 2
+
+    def broken(*a, **k):
+        raise ValueError("no such database")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(GlandsegError, match="cannot open the study storage"):
+        study._storage(cfg)
