@@ -15,12 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from glandseg.infer.postprocess import (
-    fill_holes_per_object,
-    relabel_sequential,
-    remove_small,
-    watershed_by_component,
-)
+from glandseg.infer.postprocess import grow_seeds
 
 #: The parameters of :func:`distance_to_labels` and their defaults.
 DISTANCE_DEFAULTS = {"seed_threshold": 0.5, "foreground_threshold": 0.5, "min_area": 100,
@@ -50,14 +45,5 @@ def distance_to_labels(probs: np.ndarray, distance: np.ndarray, seed_threshold: 
     fg = (probs[1] + probs[2]) > foreground_threshold
     if fill_holes:
         fg = ndi.binary_fill_holes(fg)
-    seeds, _ = ndi.label((distance > seed_threshold) & fg)
-    seeds = remove_small(seeds, min_seed_area)
-    labels = watershed_by_component(-distance.astype(np.float32), seeds, fg)
-    rest, n_rest = ndi.label(fg & (labels == 0))
-    if n_rest:
-        rest[rest > 0] += labels.max()
-        labels = np.where(rest > 0, rest, labels).astype(np.int32)
-    labels = remove_small(labels, min_area)
-    if fill_holes:
-        labels = fill_holes_per_object(labels)
-    return relabel_sequential(labels)
+    return grow_seeds(distance.astype(np.float32), (distance > seed_threshold) & fg, fg,
+                      min_seed_area, min_area, fill_holes)

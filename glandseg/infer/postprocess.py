@@ -28,7 +28,7 @@ from glandseg.models.config import PostParams, postprocess_params
 log = logging.getLogger(__name__)
 
 
-def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
+def fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
     """Fill background holes enclosed by a single object (in place where possible)."""
     holes = ndi.binary_fill_holes(labels > 0) & (labels == 0)
     if not holes.any():
@@ -47,7 +47,7 @@ def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     if min_area <= 0 or labels.max() == 0:
         return labels
     counts = np.bincount(labels.ravel())
@@ -104,17 +104,28 @@ def contour_to_labels(probs: np.ndarray, interior_threshold: float = 0.5,
     fg = (probs[1] + probs[2]) > foreground_threshold
     if fill_holes:
         fg = ndi.binary_fill_holes(fg)
-    seeds, _ = ndi.label(interior > interior_threshold)
-    seeds = _remove_small(seeds, min_seed_area)
-    labels = watershed_by_component(-interior, seeds, fg)
-    # Foreground components that received no seed become objects of their own.
+    return grow_seeds(interior, interior > interior_threshold, fg, min_seed_area, min_area,
+                      fill_holes)
+
+
+def grow_seeds(height: np.ndarray, seed_mask: np.ndarray, fg: np.ndarray, min_seed_area: int,
+               min_area: int, fill_holes: bool) -> np.ndarray:
+    """Instances from a "height" map ``(H, W)`` (high inside glands): seeds = connected
+    regions of ``seed_mask`` of at least ``min_seed_area`` px, grown by watershed on
+    ``-height`` within the foreground ``fg`` (bool); foreground components that received no
+    seed become objects of their own; objects under ``min_area`` px are removed, holes
+    filled (``fill_holes``). → ``int32 (H, W)``, 0 = background, ids 1..N. Shared by the
+    contour (interior map) and distance (distance map) post-processing."""
+    seeds, _ = ndi.label(seed_mask)
+    seeds = remove_small(seeds, min_seed_area)
+    labels = watershed_by_component(-height, seeds, fg)
     rest, n_rest = ndi.label(fg & (labels == 0))
     if n_rest:
         rest[rest > 0] += labels.max()
         labels = np.where(rest > 0, rest, labels).astype(np.int32)
-    labels = _remove_small(labels, min_area)
+    labels = remove_small(labels, min_area)
     if fill_holes:
-        labels = _fill_holes_per_object(labels)
+        labels = fill_holes_per_object(labels)
     return relabel_sequential(labels)
 
 
@@ -131,7 +142,7 @@ def binary_to_labels(prob: np.ndarray, foreground_threshold: float = 0.5, min_ar
         labels = watershed(-dist, markers=markers, mask=fg).astype(np.int32)
     else:
         labels = ndi.label(fg)[0].astype(np.int32)
-    labels = _remove_small(labels, min_area)
+    labels = remove_small(labels, min_area)
     return relabel_sequential(labels)
 
 
@@ -148,11 +159,3 @@ def probs_to_labels(probs: np.ndarray, task: str, params: Mapping | PostParams |
     if task == "contour":
         return contour_to_labels(probs, **kw)
     return binary_to_labels(probs, **kw)
-
-
-#: Public names of the helpers above, for other post-processing modules
-#: (:mod:`glandseg.infer.distance`): ``remove_small(labels, min_area)`` zeroes objects under
-#: ``min_area`` px in place; ``fill_holes_per_object(labels)`` gives each enclosed hole the
-#: id of the object around it.
-remove_small = _remove_small
-fill_holes_per_object = _fill_holes_per_object
