@@ -115,6 +115,27 @@ def make_glas(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_unet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder (``config.json`` + ``best.safetensors``) of an untrained unet-lite0
+    (random init, seed 0, no download): a real encoder U-Net for backend and grader tests."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from glandseg.models import registry
+
+    d = tmp_path_factory.mktemp("tiny_unet")
+    cfg = registry.default_config("unet-lite0")
+    torch.manual_seed(0)
+    model = registry.build_model(cfg, pretrained=False)
+    (d / "config.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(d / "best.safetensors"))
+    return d
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one torch thread is several times faster on a busy 2-core machine.

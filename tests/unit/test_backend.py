@@ -4,7 +4,6 @@ re-made when stale, and refused cleanly where they cannot be."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -53,21 +52,9 @@ def test_resample_and_resize_image() -> None:
         interpolate(x, (5, 5), "nearest")
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with a random unet-lite0 (no download)."""
-    from safetensors.torch import save_file
-
-    from glandseg.models import registry
-
-    d = tmp_path_factory.mktemp("tiny_unet")
-    cfg = registry.default_config("unet-lite0")
-    torch.manual_seed(0)
-    model = registry.build_model(cfg, pretrained=False)
-    (d / "config.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(d / "best.safetensors"))
-    return d
+@pytest.fixture
+def tiny_unet(tiny_unet_run: Path) -> Path:
+    return tiny_unet_run
 
 
 def _tissue(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -230,22 +230,9 @@ def test_grade_imports_only_go_down() -> None:
 # ---------------------------------------------------------- grading with a real network
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder with an untrained unet-lite0 (random init, no download)."""
-    import torch
-    from safetensors.torch import save_file
-
-    from glandseg.models import registry
-
-    d = tmp_path_factory.mktemp("tiny")
-    cfg = registry.default_config("unet-lite0")
-    torch.manual_seed(0)
-    model = registry.build_model(cfg, pretrained=False)
-    (d / "config.json").write_text(json.dumps(cfg))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(d / "best.safetensors"))
-    return d
+@pytest.fixture
+def tiny_run(tiny_unet_run: Path) -> Path:
+    return tiny_unet_run
 
 
 def _fit_like_grader(run: Path, features: tuple[str, ...], fingerprint: str) -> Grader:
