@@ -106,6 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run the windows of whole slides on a local Dask cluster of N "
                             "worker processes (results identical to a serial run)")
     add_model_args(p)
+    p.add_argument("--jobs", type=int_in(1, 256), default=None, metavar="N",
+                   help="worker processes on the CPU, sharing --threads: N images (or slide "
+                        "windows) segmented at once (default: auto, one per core where ONNX "
+                        "Runtime runs the network and memory allows; 1 on torch). Outputs "
+                        "are the same as with --jobs 1")
     p.add_argument("--allow-untrained", action="store_true",
                    help="accept an architecture name as --model (unet, unet-lite0, ...: "
                         "random or ImageNet weights, meaningless glands; for testing only)")
@@ -171,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                      getattr(args, "workers", None)) as client:
         rep = predict_files(paths, args.out, pred, mpp=args.input_mpp, mode=mode,
                             progress=not getattr(args, "quiet", False), client=client,
-                            grader=grader)
+                            grader=grader, jobs=getattr(args, "jobs", None))
     skipped = f", {rep.n_skipped} skipped (outputs present)" if rep.n_skipped else ""
     print(f"segmented {rep.n_ok} image(s), {rep.n_glands} gland(s){skipped} → {args.out} "
           f"(glands.csv: {rep.n_rows} row(s))")

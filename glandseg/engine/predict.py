@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from glandseg import GlandsegError
 from glandseg.data.io import read_image, read_mpp
 from glandseg.data.slide import is_large
+from glandseg.engine.jobs import available_cores, plan_jobs, worker_pool, worker_state
 from glandseg.engine.slide import predict_slide_file
 from glandseg.metrics.uncertainty import uncertainty
 from glandseg.models.config import GLAS_MPP
@@ -40,7 +42,7 @@ if TYPE_CHECKING:  # the predictor is only called, never built, here
 log = logging.getLogger(__name__)
 
 __all__ = ["GLAS_MPP", "MAX_MODEL_PIXELS", "MAX_UPSCALE", "PredictReport", "check_scale",
-           "input_resolution", "predict_files"]
+           "input_resolution", "predict_files", "segment_file"]
 
 #: The whole-image path (images that are not slides) refuses an image that its resolution
 #: would enlarge more than this to reach the model's (a wrong ``--input-mpp``, or too
@@ -96,9 +98,47 @@ def input_resolution(predictor: Any, path: Path, mpp: float | None) -> float:
     return mpp if mpp is not None else (read_mpp(path)[0] or GLAS_MPP)
 
 
+def segment_file(out: Path, path: Path, predictor, grader, mpp: float | None,
+                 mode: str) -> int | None:
+    """One ordinary image ``path`` (not a slide) → its outputs in ``out``: read, segment,
+    grade, write (:func:`glandseg.report.batch.commit_image`). Returns the number of glands,
+    or ``None`` when complete outputs appeared meanwhile (``mode="skip"``). Raises
+    :class:`GlandsegError` for a bad input, ``OSError`` when writing fails."""
+    image = read_image(path)
+    mpp_i = input_resolution(predictor, path, mpp)
+    check_scale(predictor, path, image.shape[:2], mpp_i)
+    unc = None
+    if hasattr(predictor, "predict_with_proba"):  # dense models: also how unsure
+        labels, probs = predictor.predict_with_proba(image, mpp=mpp_i)
+        unc = None if probs is None else uncertainty(probs)
+    elif hasattr(predictor, "resolution_of"):
+        labels = predictor.predict(image, mpp=mpp_i)
+    else:
+        labels = predictor.predict(image)
+    grade = _grade(grader, predictor, path, image, labels)
+    if not commit_image(out, path.stem, path, image, labels, mpp_i, mode, grade=grade,
+                        uncertainty=unc):
+        return None
+    return count_glands(labels)
+
+
+def _segment_in_worker(out: Path, path: Path, mpp: float | None, mode: str) -> tuple:
+    """:func:`segment_file` in a worker process (:mod:`glandseg.engine.jobs`):
+    ``("ok", glands or None)``, ``("failed", why)`` or ``("oserror", exc)``."""
+    predictor, grader = worker_state()
+    try:
+        return "ok", segment_file(out, path, predictor, grader, mpp, mode)
+    except GlandsegError as exc:
+        log.error("%s", exc)
+        return "failed", str(exc)
+    except OSError as exc:
+        return "oserror", exc
+
+
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
                   mpp: float | None = None, mode: str = "refuse",
-                  progress: bool = True, grader=None, client=None) -> PredictReport:
+                  progress: bool = True, grader=None, client=None,
+                  jobs: int | None = None) -> PredictReport:
     """Segment ``paths`` into ``out_dir`` (outputs and rules in the module doc).
 
     ``predictor``: a :class:`Predictor` (called ``predict(image, mpp=...)``: segmented at
@@ -111,6 +151,10 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     the windows of whole slides run as tasks (:func:`predict_slide_file`).
     ``grader``: an :class:`glandseg.grade.engine.ImageGrader` to grade each image (not
     whole slides), or ``None``.
+    ``jobs``: worker processes on the CPU, sharing the predictor's threads (``--threads``;
+    :func:`glandseg.engine.jobs.plan_jobs`; default: auto, one process per core for an
+    ONNX Runtime predictor); images, and the windows of slides without ``client``, are
+    shared among them. Outputs are the same as in one process.
     Raises :class:`GlandsegError` before writing anything if the run would overwrite an
     input or a file glandseg did not write (:func:`glandseg.report.batch.plan_outputs`). An image that its
     resolution would enlarge too much is a failed input (:func:`check_scale`). When writing
@@ -136,48 +180,65 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     report = PredictReport(n_skipped=len(skipped))
     if skipped:
         log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
+    large = [p for p in todo if is_large(p)]
+    small = [p for p in todo if p not in large]
+    n_items = max(len(small), available_cores()) if large else len(small)
+    threads = getattr(getattr(predictor, "backend", None), "threads", None)
+    n_jobs, per_job = plan_jobs(predictor, n_items, jobs, threads, grader)
     write_error: tuple[Path, OSError] | None = None
     n_left = 0
-    bar = tqdm(todo, desc="predict", unit="img", disable=None if progress else True)
-    for i, path in enumerate(bar):
-        try:
-            if is_large(path):
-                try:
-                    n = predict_slide_file(out, path, predictor, mpp, mode, progress, client)
-                except OSError as exc:
-                    write_error, n_left = (path, exc), len(todo) - i
-                    break
-                report.n_skipped += n is None
-                report.n_ok += n is not None
-                report.n_glands += n or 0
-                continue
-            image = read_image(path)
-            mpp_i = input_resolution(predictor, path, mpp)
-            check_scale(predictor, path, image.shape[:2], mpp_i)
-            unc = None
-            if hasattr(predictor, "predict_with_proba"):  # dense models: also how unsure
-                labels, probs = predictor.predict_with_proba(image, mpp=mpp_i)
-                unc = None if probs is None else uncertainty(probs)
-            elif hasattr(predictor, "resolution_of"):
-                labels = predictor.predict(image, mpp=mpp_i)
+
+    def done(path: Path, n: int | None) -> None:
+        report.n_skipped += n is None
+        report.n_ok += n is not None
+        report.n_glands += n or 0
+
+    with worker_pool(predictor, grader, n_jobs, per_job) as pool:
+        bar = tqdm(total=len(todo), desc="predict", unit="img",
+                   disable=None if progress else True)
+        with bar:
+            if pool is None:
+                for i, path in enumerate(small):
+                    try:
+                        done(path, segment_file(out, path, predictor, grader, mpp, mode))
+                    except GlandsegError as exc:
+                        log.error("%s", exc)
+                        report.failed.append((str(path), str(exc)))
+                    except OSError as exc:
+                        write_error, n_left = (path, exc), len(todo) - i
+                        break
+                    bar.update(1)
             else:
-                labels = predictor.predict(image)
-            grade = _grade(grader, predictor, path, image, labels)
-            try:
-                done = commit_image(out, path.stem, path, image, labels, mpp_i, mode,
-                                    grade=grade, uncertainty=unc)
-            except OSError as exc:
-                write_error, n_left = (path, exc), len(todo) - i
-                break
-            if not done:
-                report.n_skipped += 1
-                continue
-        except GlandsegError as exc:
-            log.error("%s", exc)
-            report.failed.append((str(path), str(exc)))
-            continue
-        report.n_ok += 1
-        report.n_glands += count_glands(labels)
+                futures = {pool.submit(_segment_in_worker, out, p, mpp, mode): p for p in small}
+                n_done = 0
+                for f in as_completed(futures):
+                    kind, value = f.result()
+                    n_done += 1
+                    if kind == "ok":
+                        done(futures[f], value)
+                    elif kind == "failed":
+                        report.failed.append((str(futures[f]), value))
+                    elif write_error is None:
+                        write_error = (futures[f], value)
+                        for g in futures:
+                            g.cancel()
+                    bar.update(1)
+                if write_error is not None:
+                    n_left = len(todo) - n_done + 1
+            for i, path in enumerate(large if write_error is None else []):
+                try:
+                    n = predict_slide_file(out, path, predictor, mpp, mode, progress,
+                                           client if client is not None else pool,
+                                           threads=per_job if pool is not None else None)
+                except GlandsegError as exc:
+                    log.error("%s", exc)
+                    report.failed.append((str(path), str(exc)))
+                    continue
+                except OSError as exc:
+                    write_error, n_left = (path, exc), len(large) - i
+                    break
+                done(path, n)
+                bar.update(1)
     try:
         report.n_rows = join_glands_csv(out)
         joined = None

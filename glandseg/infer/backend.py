@@ -158,24 +158,9 @@ class OnnxBackend:
     model = None  # no torch network
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise GlandsegError("--backend onnx needs ONNX Runtime: pip install onnxruntime "
-                                "(or use --backend torch)") from exc
         self.path = Path(path)
         self.threads = threads
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), so,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own error types
-            raise GlandsegError(f"{self.path}: not a valid ONNX graph ({' '.join(str(exc).split())[:200]}); "
-                                "delete it and run `glandseg export-onnx` again") from exc
+        self.session = self._open()
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.stride = int(self.meta.get("stride", 32))
         self.fingerprint = self.meta.get("fingerprint", "")
@@ -183,23 +168,53 @@ class OnnxBackend:
         self.device = "cpu"
         self._last: tuple[np.ndarray, list[np.ndarray]] | None = None
 
+    def _open(self):
+        """A new ONNX Runtime session of the graph with ``self.threads`` intra-op threads."""
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise GlandsegError("--backend onnx needs ONNX Runtime: pip install onnxruntime "
+                                "(or use --backend torch)") from exc
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own error types
+            raise GlandsegError(f"{self.path}: not a valid ONNX graph ({' '.join(str(exc).split())[:200]}); "
+                                "delete it and run `glandseg export-onnx` again") from exc
+
+    def close(self) -> None:
+        """Drop the session and its threads (before forking worker processes: each opens
+        its own on its first ``run``)."""
+        self.session = None
+        self._last = None
+
     @property
     def has_encoder(self) -> bool:
         return len(self.outputs) > 1
 
     def set_threads(self, threads: int) -> None:
-        """Use ``threads`` CPU threads from now on (a new session)."""
+        """Use ``threads`` CPU threads from now on (a new session, opened when next run)."""
         if int(threads) != self.threads:
-            self.__init__(self.path, int(threads))
+            self.threads = int(threads)
+            if self.session is not None:
+                self.session = self._open()
 
-    def __getstate__(self) -> dict:  # a session cannot be pickled: Dask workers open their own
-        return {"path": str(self.path), "threads": self.threads}
+    def __getstate__(self) -> dict:  # a session cannot be pickled: workers open their own
+        state = dict(self.__dict__)
+        state.update(session=None, _last=None)
+        return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["threads"])
+    def __setstate__(self, state: dict) -> None:  # the session opens on the first run
+        self.__dict__.update(state)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.session is None:
+            self.session = self._open()
         outs = self.session.run(None, {"x": x})
         self._last = (x, outs[1:]) if len(outs) > 1 else None
         return outs[0]

@@ -20,8 +20,10 @@ What glandseg wrote is recorded in the hidden folder ``<out>/.glandseg/``:
   ``images.json`` for ``images.csv`` (one row per image: gland count, grade, probability)
   and ``index.json`` for ``index.html`` (a gallery of the overlays,
   :func:`glandseg.report.html.index_html`), joined from the records like ``glands.csv``.
-- ``lock``: an exclusive ``fcntl`` lock held while one image's outputs and record are
-  written and while ``glands.csv`` is joined, so concurrent runs into one folder merge.
+- ``lock``: an ``fcntl`` lock, held shared while one image's outputs and record are written
+  (with the exclusive lock of the image's stripe, ``lock.0`` ... ``lock.15``, so worker
+  processes write different images at once) and exclusively while ``glands.csv`` is joined
+  or stale temporary files are removed, so concurrent runs into one folder merge.
 
 An existing file counts as ours only if a record names it and, for a done record, its
 checksum still matches. Anything else (an input image, a file glandseg did not write or
@@ -41,6 +43,7 @@ import os
 import re
 import stat
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,18 +161,37 @@ def our_files(folder: str | os.PathLike) -> set[str]:
 
 
 @contextlib.contextmanager
-def folder_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold the output folder's exclusive lock (``<out>/.glandseg/lock``; ``fcntl.flock``)."""
+def folder_lock(out: str | os.PathLike, shared: bool = False,
+                name: str = "lock") -> Iterator[None]:
+    """Hold the output folder's lock (``<out>/.glandseg/lock``; ``fcntl.flock``):
+    exclusive, or ``shared`` (any number of holders, no exclusive one). ``name``: another
+    lock file in the same folder (:func:`image_lock`)."""
     state = Path(out) / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    with open(state / "lock", "a+b") as f:
+    with open(state / name, "a+b") as f:
         if fcntl is not None:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             if fcntl is not None:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+#: Images are locked in this many stripes (``<out>/.glandseg/lock.K``, K from the name):
+#: two images of one stripe wait for each other, which is rare and harmless.
+IMAGE_LOCK_STRIPES = 16
+
+
+@contextlib.contextmanager
+def image_lock(out: str | os.PathLike, stem: str) -> Iterator[None]:
+    """Hold the lock to write image ``stem``'s outputs and record: the folder's lock shared
+    (so worker processes write different images at once, while cleaning and joining, which
+    take it exclusively, wait) and an exclusive lock of the image's stripe (so two runs
+    never write one image at once)."""
+    stripe = zlib.crc32(stem.encode("utf-8")) % IMAGE_LOCK_STRIPES
+    with folder_lock(out, shared=True), folder_lock(out, name=f"lock.{stripe}"):
+        yield
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -418,7 +440,7 @@ def _write_record(out: Path, stem: str, rec: dict[str, Any]) -> None:
 def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLike, image,
                  labels, mpp: float | None, mode: str = "refuse", slide=None,
                  grade=None, uncertainty: float | None = None) -> bool:
-    """Write one image's outputs and its record under the folder lock.
+    """Write one image's outputs and its record under the image's lock (:func:`image_lock`).
 
     ``image``: ``uint8 (H, W, 3)``; ``labels``: ``(H, W)`` integers, 0 = background; or
     ``slide``: a :class:`glandseg.infer.slide.SlideLabels` (``image``/``labels`` unused),
@@ -436,7 +458,7 @@ def commit_image(out_dir: str | os.PathLike, stem: str, source: str | os.PathLik
     from glandseg.report.outputs import format_rows, write_outputs
 
     out = Path(out_dir)
-    with folder_lock(out):
+    with image_lock(out, stem):
         state, problems = _image_state(out, stem, slide is not None)
         if problems:
             raise GlandsegError("refusing to overwrite files glandseg did not write ("
