@@ -2,7 +2,9 @@
 
 Variants, each a fresh ``glandseg predict IMAGES --out DIR -q`` process:
 
-- ``onnx``: today's default on the CPU (ONNX Runtime; torch never imported);
+- ``onnx``: today's default on the CPU (ONNX Runtime in one worker process per core;
+  torch never imported);
+- ``onnx-1job``: the same in one process (``--jobs 1``), to show what the workers add;
 - ``torch``: today's code with ``--backend torch`` (the fair baseline: same pipeline, the
   network in torch);
 - ``old``: the code of ``--old-commit`` (default 4beb0fe, the last commit before the ONNX
@@ -65,6 +67,8 @@ def run_predict(variant: str, images: list[Path], out: Path, old_tree: Path | No
            "--out", str(out)]
     if variant == "torch":
         cmd += ["--backend", "torch"]
+    if variant == "onnx-1job":
+        cmd += ["--jobs", "1"]
     if variant == "old":
         env["PYTHONPATH"] = str(old_tree)
     before = os.times()
@@ -98,13 +102,19 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
 
 
 def marginal_costs(images: list[Path], tmp: Path) -> dict:
-    """Seconds per image of each share of a default (ONNX) predict, in this process."""
+    """Cost per image and per megapixel of a default (ONNX) predict in this process, after
+    a warm-up: wall and CPU time (this process and its worker processes) of the default
+    run (worker processes: ``--jobs`` auto), and the shares of each stage measured in a
+    one-process run (``jobs=1``; seconds of that run, per image and per MP)."""
+    import resource
+
     import glandseg.engine.predict as batch  # the pipeline: reads, predicts, uncertainty
     import glandseg.grade.engine as engine
     import glandseg.infer.backend as backend
     import glandseg.infer.predictor as predictor
     import glandseg.report.outputs as outputs
     from glandseg.data.io import read_image
+    from glandseg.engine.jobs import plan_jobs
 
     shares = dict.fromkeys(("read", "network", "postprocess", "uncertainty", "grading",
                             "outputs"), 0.0)
@@ -119,29 +129,46 @@ def marginal_costs(images: list[Path], tmp: Path) -> dict:
             finally:
                 shares[share] += time.perf_counter() - t0
         setattr(owner, name, wrapper)
+        return lambda: setattr(owner, name, fn)
 
-    timed(backend.OnnxBackend, "run", "network")
-    timed(predictor.Predictor, "postprocess", "postprocess")
-    timed(engine.ImageGrader, "grade", "grading")
-    timed(outputs, "write_outputs", "outputs")
-    timed(batch, "read_image", "read")
-    timed(batch, "uncertainty", "uncertainty")
     from glandseg.engine.grade import open_grader
 
     pred = predictor.Predictor.from_name("glas-unet", deblur="auto")  # as `predict` runs
     assert pred.backend.name == "onnx"
     grader = open_grader(pred, None)
-    batch.predict_files(images[:1], tmp / "warm", pred, progress=False, grader=grader)
+    mp = sum(read_image(p).shape[0] * read_image(p).shape[1] for p in images) / 1e6
+    n = len(images)
+    jobs, per_job = plan_jobs(pred, n, None, pred.backend.threads, grader)
+    batch.predict_files(images[:2], tmp / "warm", pred, progress=False, grader=grader)
+
+    def usage() -> float:
+        return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+                   for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+    c0, t0 = usage(), time.perf_counter()
+    batch.predict_files(images, tmp / "marginal", pred, progress=False, grader=grader)
+    total, cpu = time.perf_counter() - t0, usage() - c0
+    undo = [timed(backend.OnnxBackend, "run", "network"),
+            timed(predictor.Predictor, "postprocess", "postprocess"),
+            timed(engine.ImageGrader, "grade", "grading"),
+            timed(outputs, "write_outputs", "outputs"),
+            timed(batch, "read_image", "read"),
+            timed(batch, "uncertainty", "uncertainty")]
+    batch.predict_files(images[:1], tmp / "warm1", pred, progress=False, grader=grader, jobs=1)
     for k in shares:
         shares[k] = 0.0
     t0 = time.perf_counter()
-    batch.predict_files(images, tmp / "marginal", pred, progress=False, grader=grader)
-    total = time.perf_counter() - t0
-    mp = sum(read_image(p).shape[0] * read_image(p).shape[1] for p in images) / 1e6
-    n = len(images)
-    shares["other (deblur check, resampling, CSV/HTML, bookkeeping)"] = total - sum(shares.values())
-    return {"images": n, "megapixels": round(mp, 3), "total_s": round(total, 2),
+    batch.predict_files(images, tmp / "serial", pred, progress=False, grader=grader, jobs=1)
+    serial = time.perf_counter() - t0
+    for u in undo:
+        u()
+    shares["other (deblur check, resampling, CSV/HTML, bookkeeping)"] = serial - sum(shares.values())
+    return {"images": n, "megapixels": round(mp, 3), "jobs": jobs, "threads_per_job": per_job,
+            "total_s": round(total, 2), "cpu_s": round(cpu, 2),
             "per_image_s": round(total / n, 3), "per_mp_s": round(total / mp, 3),
+            "cpu_per_mp_s": round(cpu / mp, 3),
+            "one_process": {"total_s": round(serial, 2), "per_mp_s": round(serial / mp, 3),
+                            "threads": pred.backend.threads},
             "shares_per_image_s": {k: round(v / n, 4) for k, v in shares.items()},
             "shares_per_mp_s": {k: round(v / mp, 4) for k, v in shares.items()}}
 
@@ -160,7 +187,8 @@ def main() -> None:
                    cwd=ROOT, check=True, capture_output=True)
     try:
         imgs = image_sets(args.glas, tmp)
-        plan = {"crop": ["onnx", "torch"], "20": ["onnx", "torch"], "80": ["onnx", "old"]}
+        plan = {"crop": ["onnx", "torch"], "20": ["onnx", "torch", "onnx-1job"],
+                "80": ["onnx", "old", "onnx-1job"]}
         times: dict[str, dict[str, list[dict]]] = {s: {v: [] for v in plan[s]} for s in sets}
         for r in range(args.rounds):
             for s in sets:
@@ -207,6 +235,8 @@ def report(res: dict) -> str:
     for s, v in res["sets"].items():
         base = v["baseline"]
         name = {"torch": "`--backend torch`", "old": "commit " + res["args"]["old_commit"]}[base]
+        if "onnx-1job" in v["median"]:
+            name += f" (default with `--jobs 1`: {v['median']['onnx-1job']['wall_s']:.1f} s)"
         same = "; ".join(f"{p}: {a['f1']:.4f} / {a['object_dice']:.4f} "
                          f"({a['identical_images']} identical)"
                          for p, a in v.get("same_glands", {}).items()) or "-"
@@ -214,9 +244,13 @@ def report(res: dict) -> str:
                      f"{v['median'][base]['wall_s']:.1f} | **{v['speedup_wall']}x** | "
                      f"{v['speedup_cpu']}x | {same} |")
     m = res["marginal"]
+    one = m["one_process"]
     lines += ["", f"Marginal cost of the default backend, {m['images']} GlaS images "
-              f"({m['megapixels']} MP) in one process after a warm-up: **{m['per_mp_s']} s per "
-              f"megapixel** ({m['per_image_s']} s per image), shares per MP:", ""]
+              f"({m['megapixels']} MP) in one `predict_files` call after a warm-up, "
+              f"{m['jobs']} worker process(es) x {m['threads_per_job']} thread(s) (the default "
+              f"here): **{m['per_mp_s']} s per megapixel** end to end ({m['per_image_s']} s "
+              f"per image; CPU time of all processes {m['cpu_per_mp_s']} s/MP). In one "
+              f"process (`--jobs 1`): {one['per_mp_s']} s/MP, of which, per MP:", ""]
     lines += [f"- {k}: {v} s" for k, v in m["shares_per_mp_s"].items()]
     return "\n".join(lines) + "\n"
 

@@ -10,8 +10,10 @@ segmented in a fresh subprocess: :func:`glandseg.infer.slide.predict_slide` (tis
 windows, stitching) and :func:`glandseg.report.slide.write_slide_outputs` (pyramidal label
 TIFF, GeoJSON, glands.csv rows, overlay), recording the peak RSS (``VmHWM``), the RSS once
 the model is loaded, and the time of each phase per tissue megapixel, as wall-clock and as
-this process's CPU time (``time.process_time``: all its threads; robust to other jobs on a
-shared machine).
+CPU time (``getrusage`` of this process, all its threads, and its finished worker
+processes; robust to other jobs on a shared machine). This checkout's ONNX runs put the
+windows in worker processes as ``predict`` does (``--jobs``, auto: one per core; their
+peak RSS each is ``peak_rss_worker_mib``).
 
 Models (``--model``): ``stub`` (default; a "gland = dark after a 16x16 blur" contour
 model, with the bundled model's post-processing, so the windows, reading,
@@ -27,9 +29,11 @@ Results: ``benchmarks/results/slide_<name>.json`` (one object per slide, with th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -160,6 +164,12 @@ def _stub_predictor():
     return Predictor(SmoothDark(), cfg)
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    return sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
 def child(spec: dict) -> dict:
     import shutil
 
@@ -183,13 +193,24 @@ def child(spec: dict) -> dict:
     work = Path(spec["work"])
     shutil.rmtree(work, ignore_errors=True)
     rss_model = _kib("VmRSS") / 1024
-    t0, c0 = time.perf_counter(), time.process_time()
+    jobs, per_job, pool = 1, None, contextlib.nullcontext()
+    if backend == "onnx" or (backend == "auto" and getattr(pred, "backend", None) is not None
+                             and pred.backend.name == "onnx"):
+        # as `predict` runs a slide: windows in worker processes (--jobs, auto: one per core)
+        from glandseg.engine.jobs import plan_jobs, worker_pool
+
+        want = None if spec.get("jobs", "auto") == "auto" else int(spec["jobs"])
+        jobs, per_job = plan_jobs(pred, 1 << 20, want, spec["threads"])
+        pool = worker_pool(pred, None, jobs, per_job)
+    t0, c0 = time.perf_counter(), _cpu()
     with open_slide(spec["slide"]) as slide:
-        res = predict_slide(pred, slide, work / "cache", config=SlideConfig(), progress=False)
+        with pool as client:
+            res = predict_slide(pred, slide, work / "cache", config=SlideConfig(),
+                                progress=False, client=client, threads=per_job)
         peak_predict = _kib("VmHWM") / 1024
-        t1, c1 = time.perf_counter(), time.process_time()
+        t1, c1 = time.perf_counter(), _cpu()
         rows = write_slide_outputs(work / "out", "slide", res, res.mpp)
-        t2, c2 = time.perf_counter(), time.process_time()
+        t2, c2 = time.perf_counter(), _cpu()
     st = res.stats
     cache_mb = sum(p.stat().st_size for p in res.cache_dir.glob("*.npz")) / 2**20
     out_mb = {p.name: round(p.stat().st_size / 2**20, 1) for p in (work / "out").iterdir()}
@@ -201,6 +222,9 @@ def child(spec: dict) -> dict:
         "code": spec.get("code") or "this checkout",
         "frame": list(st.frame), "windows": st.windows, "active_windows": st.active,
         "tissue_mp": round(tissue, 2), "glands": len(rows),
+        "jobs": jobs, "threads_per_job": per_job,
+        "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                     / 1024, 1) if jobs > 1 else None,
         "rss_model_mib": round(rss_model, 1), "peak_rss_predict_mib": round(peak_predict, 1),
         "peak_rss_mib": round(_kib("VmHWM") / 1024, 1),
         "predict_s": round(st.predict_s, 1), "stitch_s": round(st.stitch_s, 1),
@@ -232,6 +256,8 @@ def main() -> None:
     ap.add_argument("--model", default="stub")
     ap.add_argument("--tissue", type=float, default=0.3, help="fraction of the slide")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--jobs", default="auto",
+                    help="worker processes of this checkout's ONNX runs (auto: as predict)")
     ap.add_argument("--glas", type=Path, default=DEFAULT_GLAS)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/glandseg_bench_slides"))
     ap.add_argument("--name", default=None, help="results file suffix (default: the model)")
@@ -261,7 +287,7 @@ def main() -> None:
         print(f"slide {n}²: {info['bytes'] / 2**20:.0f} MiB, built in {info['build_s']} s",
               flush=True)
         spec = {"slide": str(path), "size": n, "model": args.model, "threads": args.threads,
-                "work": str(args.cache / f"work_{n}"), "code": args.code,
+                "work": str(args.cache / f"work_{n}"), "code": args.code, "jobs": args.jobs,
                 "backend": None if args.code else args.backend}
         r = run_child(spec)
         r["slide"] = info
