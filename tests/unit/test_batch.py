@@ -197,7 +197,7 @@ def test_interrupted_image_write_is_recoverable(tmp_path: Path, monkeypatch) -> 
         raise RuntimeError("killed while writing the overlay")
 
     with monkeypatch.context() as m:
-        m.setattr(o, "write_image", killed)
+        m.setattr(o, "write_overlay", killed)
         with pytest.raises(RuntimeError):
             engine.predict_files(paths, out, FakePredictor())
     assert (out / "a.png").is_file() and not (out / "a_overlay.png").exists()

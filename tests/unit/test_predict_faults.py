@@ -272,7 +272,7 @@ def _temps(folder: Path) -> list[Path]:
 def test_full_disk_keeps_finished_images_and_stops(tmp_path: Path, monkeypatch) -> None:
     imgs = _images(tmp_path / "in", ["a", "b", "c"])
     out = tmp_path / "out"
-    _enospc_on(monkeypatch, o, "write_image", 2)  # b's overlay
+    _enospc_on(monkeypatch, o, "write_overlay", 2)  # b's overlay
     with pytest.raises(GlandsegError) as ei:
         engine.predict_files(imgs, out, FakePredictor(), progress=False)
     msg = str(ei.value)
