@@ -80,6 +80,15 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads of the network (default: all cores)")
 
 
+def add_jobs_arg(p: argparse.ArgumentParser) -> None:
+    """``--jobs`` (predict, evaluate): worker processes on the CPU."""
+    p.add_argument("--jobs", type=int_in(1, 256), default=None, metavar="N",
+                   help="worker processes on the CPU, sharing --threads: N images (or slide "
+                        "windows) segmented at once (default: auto, one per core where ONNX "
+                        "Runtime runs the network and memory allows; 1 on torch). Outputs "
+                        "are the same as with --jobs 1")
+
+
 def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
     # On a verb, SUPPRESS keeps the value given before the verb unless repeated after it.
     default = False if top else argparse.SUPPRESS

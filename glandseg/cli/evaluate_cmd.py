@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from glandseg.cli import int_in
+from glandseg.cli import add_jobs_arg, int_in
 from glandseg.cli.predict_cmd import add_model_args, make_predictor
 
 
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from glandseg.cli.grade_cmd import add_grader_args
 
     add_grader_args(p)
+    add_jobs_arg(p)
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_model(pred, args.data, args.out, name=args.name or str(args.model),
                              limit=args.limit, progress=not getattr(args, "quiet", False),
                              grader=False if getattr(args, "no_grade", False)
-                             else getattr(args, "grader", None))
+                             else getattr(args, "grader", None),
+                             jobs=getattr(args, "jobs", None))
     partial = [f"{part} {m['n_images']} of {m['n_images_total']}" for part, m in metrics.items()
                if m.get("partial")]
     if partial:

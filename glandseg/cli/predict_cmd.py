@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from glandseg.cli import add_backend_args, float_in, int_in
+from glandseg.cli import add_backend_args, add_jobs_arg, float_in, int_in
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="run the windows of whole slides on a local Dask cluster of N "
                             "worker processes (results identical to a serial run)")
     add_model_args(p)
-    p.add_argument("--jobs", type=int_in(1, 256), default=None, metavar="N",
-                   help="worker processes on the CPU, sharing --threads: N images (or slide "
-                        "windows) segmented at once (default: auto, one per core where ONNX "
-                        "Runtime runs the network and memory allows; 1 on torch). Outputs "
-                        "are the same as with --jobs 1")
+    add_jobs_arg(p)
     p.add_argument("--allow-untrained", action="store_true",
                    help="accept an architecture name as --model (unet, unet-lite0, ...: "
                         "random or ImageNet weights, meaningless glands; for testing only)")

@@ -16,6 +16,7 @@ from glandseg import GlandsegError, __version__
 from glandseg.data.discover import discover
 from glandseg.data.io import read_image, read_label, read_mpp, write_label, write_text
 from glandseg.engine.grade import GradeLog
+from glandseg.engine.jobs import plan_jobs, worker_pool, worker_state
 from glandseg.infer.predictor import Predictor
 from glandseg.infer.windows import model_id
 from glandseg.metrics.score import evaluate_pairs, split_gt_components
@@ -24,7 +25,7 @@ from glandseg.report.error_overlay import write_error_outputs
 from glandseg.report.evaluate import check_out_dir, write_figures, write_metrics
 from glandseg.report.html import write_report
 
-__all__ = ["check_out_dir", "evaluate_model", "foreground_probability"]
+__all__ = ["check_out_dir", "evaluate_model", "evaluate_sample", "foreground_probability"]
 
 
 def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
@@ -35,7 +36,7 @@ def foreground_probability(probs: np.ndarray, task: str) -> np.ndarray:
 def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
                    name: str = "glandseg", splits: tuple[str, ...] = ("testA", "testB"),
                    limit: int | None = None, progress: bool = True,
-                   grader: str | Path | None | bool = None) -> dict:
+                   grader: str | Path | None | bool = None, jobs: int | None = None) -> dict:
     """Evaluate ``predictor`` on the test parts of the GlaS folder ``data``.
 
     ``limit`` keeps the first N images of each part (for quick checks; the metrics are then
@@ -43,7 +44,10 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
     the part's annotated images in ``data``, and ``"partial": true`` when fewer were
     scored, and the leaderboard shows the result unranked). ``progress``: a per-image bar
     on stderr (on a terminal). ``grader``: a grader JSON (``None``: the bundled one,
-    ``False``: no grading). Returns the metrics dict also written to ``metrics.json``.
+    ``False``: no grading). ``jobs``: worker processes on the CPU
+    (:func:`glandseg.engine.jobs.plan_jobs`; default: auto, one per core for an ONNX
+    Runtime predictor; the same figures as one process). Returns the metrics dict also
+    written to ``metrics.json``.
     """
     out = check_out_dir(out)
     samples = [s for s in discover(data, splits=splits) if s.anno is not None]
@@ -54,21 +58,24 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         raise GlandsegError(f"{data}: no annotated test images (testA_N/testB_N with _anno)")
     grading = None if grader is False else GradeLog.open(predictor, grader or None)
     results, split_results, sharpened = [], [], {}
-    dense = predictor.task != "instances"
-    for s in tqdm(samples, desc="evaluate", unit="img", disable=None if progress else True):
-        image, truth = read_image(s.image), read_label(s.anno, what="annotation")
-        # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
-        mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
-        labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
-        if predictor.deblur and getattr(predictor, "last_sharpened", False):
-            sharpened[s.name] = round(float(predictor.last_extra_blur), 3)
-        prob = foreground_probability(probs, predictor.task) if dense else None
-        write_label(out / "predictions" / f"{s.name}.png", labels)
-        results += evaluate_pairs([(s.name, labels, truth, prob)])
-        split_results += evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
-        write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
-        if grading is not None:
-            grading.add(s.name, s.split, s.grade, image, labels)
+    image_grader = None if grading is None else grading.grader
+    threads = getattr(getattr(predictor, "backend", None), "threads", None)
+    n_jobs, per_job = plan_jobs(predictor, len(samples), jobs, threads, image_grader)
+    with worker_pool(predictor, image_grader, n_jobs, per_job) as pool:
+        if pool is None:
+            done = (evaluate_sample(s, out, predictor, image_grader) for s in samples)
+        else:
+            done = pool.map(_evaluate_in_worker, samples, [out] * len(samples))
+        for s, (res, split_res, blur, grade) in tqdm(zip(samples, done, strict=True),
+                                                     total=len(samples), desc="evaluate",
+                                                     unit="img",
+                                                     disable=None if progress else True):
+            results += res
+            split_results += split_res
+            if blur is not None:
+                sharpened[s.name] = blur
+            if grading is not None:
+                grading.record(s.name, s.split, s.grade, grade)
     _write_settings(predictor, out, data, splits, limit, sharpened)
     metrics = write_metrics(results, name, out, "", totals)
     write_metrics(split_results, name, out, "_split_gt", totals)
@@ -77,6 +84,37 @@ def evaluate_model(predictor: Predictor, data: str | Path, out: str | Path,
         grading.write(out)
     write_report(out, f"glandseg evaluation: {name}", grades=grading is not None)
     return metrics
+
+
+def evaluate_sample(s, out: Path, predictor: Predictor, grader=None) -> tuple:
+    """One annotated test image ``s`` (a :class:`glandseg.data.discover.Sample`): predicted,
+    its labels written to ``out/predictions``, its error overlay to ``out/errors``, scored
+    against the truth as given and split (:func:`evaluate_pairs`) and graded (``grader``:
+    an :class:`glandseg.grade.engine.ImageGrader` or ``None``). Returns ``(results,
+    split-truth results, extra blur sharpened away or None, grade or None)``."""
+    image, truth = read_image(s.image), read_label(s.anno, what="annotation")
+    # the data are GlaS (0.62005 µm/px) unless --input-mpp or the file says otherwise
+    mpp = getattr(predictor, "input_mpp", None) or read_mpp(s.image)[0] or GLAS_MPP
+    dense = predictor.task != "instances"
+    labels, probs = predictor.predict_with_proba(image, mpp, proba=dense)
+    blur = None
+    if predictor.deblur and getattr(predictor, "last_sharpened", False):
+        blur = round(float(predictor.last_extra_blur), 3)
+    prob = foreground_probability(probs, predictor.task) if dense else None
+    write_label(out / "predictions" / f"{s.name}.png", labels)
+    res = evaluate_pairs([(s.name, labels, truth, prob)])
+    split_res = evaluate_pairs([(s.name, labels, truth, prob)], split_gt=True)
+    write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
+    grade = None
+    if grader is not None:
+        grade = grader.grade(image, labels if grader.shares(predictor) else None)
+    return res, split_res, blur, grade
+
+
+def _evaluate_in_worker(s, out: Path) -> tuple:
+    """:func:`evaluate_sample` in a worker process (:mod:`glandseg.engine.jobs`)."""
+    predictor, grader = worker_state()
+    return evaluate_sample(s, out, predictor, grader)
 
 
 def _write_settings(predictor: Predictor, out: Path, data: str | Path,

@@ -71,7 +71,11 @@ class GradeLog:
     def add(self, stem: str, part: str, truth: str | None, image, labels=None) -> None:
         """Grade one image ``uint8 (H, W, 3)``; ``labels``: the evaluated model's labels
         ``(H, W)`` (0 = background), reused if the grader was fit on that model."""
-        g = self.grader.grade(image, labels if self._reuse else None)
+        self.record(stem, part, truth, self.grader.grade(image, labels if self._reuse else None))
+
+    def record(self, stem: str, part: str, truth: str | None, g) -> None:
+        """Log the :class:`~glandseg.grade.engine.Grade` ``g`` of one image (graded
+        elsewhere, e.g. in a worker process)."""
         self.rows.append({"image": stem, "part": part, "truth": truth or "",
                           "grade": g.grade, PROBABILITY: g.probability,
                           "correct": "" if not truth else int(truth == g.grade)})

@@ -168,3 +168,14 @@ def test_slide_windows_in_the_workers(images: list[Path], predictor, tmp_path: P
     assert one.n_ok == two.n_ok == 2 and one.n_glands == two.n_glands > 0
     a, b = (tifffile.imread(tmp_path / d / "slide.tif") for d in ("one", "two"))
     assert a.shape == img.shape[:2] and np.array_equal(a, b)
+
+
+def test_evaluate_in_workers_gives_the_same_figures(glas_dir: Path, predictor,
+                                                    tmp_path: Path) -> None:
+    from glandseg.engine.evaluate import evaluate_model
+
+    one = evaluate_model(predictor, glas_dir, tmp_path / "one", limit=2, progress=False, jobs=1)
+    two = evaluate_model(predictor, glas_dir, tmp_path / "two", limit=2, progress=False, jobs=2)
+    assert one == two and one["testA"]["n_images"] == 2
+    for name in ("per_image.csv", "per_image_split_gt.csv", "grades.csv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
