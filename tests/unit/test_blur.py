@@ -182,3 +182,14 @@ def test_large_images_are_measured_on_a_sample_of_blocks(monkeypatch: pytest.Mon
         whole = blur.estimate_blur(img)
         monkeypatch.setattr(blur, "SAMPLE_ABOVE", 4_000_000)
         assert sampled == pytest.approx(whole, rel=0.05), (extra, sampled, whole)
+
+
+def test_sobel_magnitude_equals_skimage() -> None:
+    from skimage.filters import sobel
+
+    from glandseg.data.blur import sobel_magnitude
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (2, 7), (40, 33)]:
+        g = rng.random(shape)
+        assert np.allclose(sobel_magnitude(g), sobel(g), rtol=1e-12, atol=1e-15)

@@ -198,3 +198,148 @@ def test_simplify_ring_keeps_every_point_within_tolerance() -> None:
     area = lambda r: 0.5 * abs(np.dot(r[:-1, 0], r[1:, 1]) - np.dot(r[1:, 0], r[:-1, 1]))  # noqa: E731
     assert abs(area(simple) - area(ring)) <= 0.05 * area(ring)
     assert abs(len(simple) - len(approximate_polygon(ring, 0.5))) <= 0.3 * len(simple)
+
+
+def _random_masks(rng: np.random.Generator, n: int):
+    """Random boolean masks: speckle, a few pixels, ellipses, several pieces, lines."""
+    from skimage.draw import ellipse
+
+    for t in range(n):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        kind = t % 5
+        if kind == 0:
+            m = rng.random((h, w)) < rng.random()
+        elif kind == 1:
+            m = np.zeros((h, w), bool)
+            m[rng.integers(0, h, 3), rng.integers(0, w, 3)] = True
+        elif kind == 2:
+            m = np.zeros((h, w), bool)
+            rr, cc = ellipse(h / 2, w / 2, h / 2 + 1, w / 3 + 1, (h, w), rotation=rng.random() * 3)
+            m[rr, cc] = True
+        elif kind == 3:
+            m = rng.random((h, w)) < 0.04
+        else:
+            m = np.eye(max(h, w), dtype=bool)[:h, :w] | (rng.random((h, w)) < 0.01)
+        if m.any():
+            yield m
+
+
+def test_convex_hull_area_and_solidity_equal_skimage() -> None:
+    """The hull pixel count equals skimage's convex_hull_image on a few thousand random
+    masks (single pixels, lines, diagonals, several pieces), and measure()'s solidity
+    equals regionprops' on random label images (glands of several pieces too)."""
+    import warnings
+
+    from skimage.measure import regionprops
+    from skimage.morphology import convex_hull_image
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(0)
+    n = 0
+    for m in _random_masks(rng, 2500):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert o.convex_hull_area(m) == int(convex_hull_image(m).sum()), m.astype(int)
+        n += 1
+    assert n > 2000 and o.convex_hull_area(np.zeros((3, 4), bool)) == 0
+    for _ in range(30):
+        seeds = np.where(rng.random((60, 70)) < 0.004, rng.integers(1, 9, (60, 70)), 0)
+        lab = expand_labels(seeds, int(rng.integers(1, 9))).astype(np.int32)
+        lab[rng.random(lab.shape) < 0.05] = 0
+        want = {p.label: p.solidity for p in regionprops(lab)}
+        assert {r["gland_id"]: r["solidity"] for r in o.measure(lab)} == want
+
+
+def test_overlay_outline_equals_its_distance_transform_definition() -> None:
+    """Thickness 1 and 2 (neighbour tests) draw exactly the pixels of the definition:
+    inner boundaries (find_boundaries) grown inward by expand_labels, kept on their gland."""
+    from skimage.segmentation import expand_labels, find_boundaries
+
+    rng = np.random.default_rng(1)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        lab = rng.integers(0, int(rng.integers(1, 8)), (h, w)).astype(np.int32)
+        if t % 2:
+            seeds = np.where(rng.random((h, w)) < 0.05, lab, 0)
+            lab = expand_labels(seeds, int(rng.integers(1, 6))).astype(np.int32)
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        edge = np.where(find_boundaries(lab, connectivity=1, mode="inner"), lab, 0)
+        for thickness in (1, 2):
+            grown = expand_labels(edge, distance=thickness - 1) if thickness > 1 else edge
+            want = img.copy()
+            drawn = (grown == lab) & (lab > 0)
+            want[drawn] = o.label_colors(lab[drawn])
+            assert np.array_equal(o.overlay(img, lab, thickness), want), (t, thickness)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (64, 97, 3)])
+def test_png_rgb_reads_back_the_same_pixels(shape: tuple, tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    img[: shape[0] // 2] = 200  # flat rows (the Up filter's zeros) and noise
+    o.write_overlay(tmp_path / "x.png", img)
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.mode == "RGB" and np.array_equal(np.asarray(im), img)
+    assert np.array_equal(read_image(tmp_path / "x.png"), img)
+    with pytest.raises(ValueError, match="uint8"):
+        o.png_rgb(np.zeros((0, 4, 3), np.uint8))
+
+
+def _douglas_peucker_one_segment_at_a_time(ring: np.ndarray, tol: float) -> np.ndarray:
+    """Reference: simplify_ring as written before (a stack of segments, one at a time)."""
+    import math
+
+    ring = np.asarray(ring, dtype=np.float64)
+    if len(ring) > 3:
+        prev, nxt = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
+        a, b = ring - prev, nxt - ring
+        straight = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) < 1e-9
+        straight &= (a * b).sum(axis=1) > 0
+        straight[0] = straight[-1] = False
+        ring = ring[~straight]
+    n = len(ring)
+    keep = np.zeros(n, dtype=bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, n - 1)]
+    while stack:
+        s, e = stack.pop()
+        if e - s < 2:
+            continue
+        p0, p1 = ring[s], ring[e]
+        seg, d = ring[s + 1:e], p1 - p0
+        v0, v1 = seg - p0, seg - p1
+        along0, along1 = v0 @ d, -(v1 @ d)
+        length = math.hypot(d[0], d[1])
+        eucl = np.minimum(np.hypot(v0[:, 0], v0[:, 1]), np.hypot(v1[:, 0], v1[:, 1]))
+        if length > 0:
+            perp = np.abs(v0[:, 0] * d[1] - v0[:, 1] * d[0]) / length
+            dist = np.where((along0 > 0) & (along1 > 0), perp, eucl)
+        else:
+            dist = eucl
+        i = int(np.argmax(dist))
+        if dist[i] > tol:
+            keep[s + 1 + i] = True
+            stack += [(s + 1 + i, e), (s, s + 1 + i)]
+    return ring[keep]
+
+
+def test_simplify_ring_equals_one_segment_at_a_time() -> None:
+    """Segments simplified a level at a time keep exactly the points of the one-at-a-time
+    Douglas-Peucker, on pixel outlines (ties of equal distances) and random rings."""
+    from skimage.measure import find_contours
+
+    rng = np.random.default_rng(3)
+    n = 0
+    for m in _random_masks(rng, 300):
+        for c in find_contours(np.pad(m, 1).astype(np.float32), 0.5):
+            ring = c[:, ::-1]
+            for tol in (0.5, 1.0, 2.5):
+                assert np.array_equal(o.simplify_ring(ring, tol),
+                                      _douglas_peucker_one_segment_at_a_time(ring, tol))
+                n += 1
+    for _ in range(50):
+        r = rng.random((int(rng.integers(2, 60)), 2)) * 20
+        r = np.vstack([r, r[:1]])
+        assert np.array_equal(o.simplify_ring(r, 0.7), _douglas_peucker_one_segment_at_a_time(r, 0.7))
+    assert n > 500

@@ -250,3 +250,57 @@ def test_watershed_by_component_equals_the_whole_image_watershed(seed: int) -> N
     markers, _ = ndi.label(relief < np.quantile(relief, 0.08))
     ref = watershed(relief, markers=markers, mask=mask)
     assert np.array_equal(watershed_by_component(relief, markers, mask), ref)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_fill_mask_holes_equals_scipy(seed: int) -> None:
+    """One labelling of the background fills exactly scipy's holes (4-connected, the
+    border counts as outside), and fill_holes_per_object gives each hole the most common
+    label around it as before (scipy's holes, labelled one by one)."""
+    from scipy import ndimage as ndi
+
+    from glandseg.infer.postprocess import fill_holes_per_object, fill_mask_holes
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = ndi.gaussian_filter(rng.random((h, w)), 1) > rng.uniform(0.3, 0.6)
+        assert np.array_equal(fill_mask_holes(m), ndi.binary_fill_holes(m))
+        lab = ndi.label(rng.random((h, w)) < 0.6)[0].astype(np.int32)
+        lab[rng.random((h, w)) < 0.3] = 0
+        want = lab.copy()
+        holes, _ = ndi.label(ndi.binary_fill_holes(lab > 0) & (lab == 0))
+        grown = ndi.grey_dilation(lab, size=3)
+        for k in range(1, holes.max() + 1):
+            vals = grown[holes == k]
+            vals = vals[vals > 0]
+            if vals.size:
+                want[holes == k] = np.bincount(vals).argmax()
+        assert np.array_equal(fill_holes_per_object(lab.copy()), want)
+    assert fill_mask_holes(np.zeros((0, 3), bool)).shape == (0, 3)
+
+
+def test_relabel_sequential_with_gaps_and_already_sequential() -> None:
+    lab = np.array([[0, 7, 7], [3, 0, 9]], np.int64)
+    out = relabel_sequential(lab)
+    assert out.dtype == np.int32 and out.tolist() == [[0, 2, 2], [1, 0, 3]]
+    seq = np.array([[0, 1], [2, 2]], np.int32)
+    again = relabel_sequential(seq)
+    assert again.tolist() == seq.tolist() and again is not seq
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_watershed_by_component_with_large_seeds(seed: int) -> None:
+    """Seeds covering most of each component (their inner pixels left out of the flooding)
+    still give skimage's watershed exactly (continuous relief: no exact ties)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from glandseg.infer.postprocess import watershed_by_component
+
+    rng = np.random.default_rng(seed)
+    relief = ndi.gaussian_filter(rng.random((150, 170)), 3)
+    mask = ndi.gaussian_filter(rng.random((150, 170)), 3) > 0.48
+    markers, _ = ndi.label(relief < np.quantile(relief, 0.45))
+    ref = watershed(relief, markers=markers, mask=mask)
+    assert np.array_equal(watershed_by_component(relief, markers, mask), ref)
