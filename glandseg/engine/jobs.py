@@ -45,6 +45,15 @@ def available_cores() -> int:
 
 
 def _available_memory() -> int | None:
+    """Bytes of memory available to new processes: Linux's ``MemAvailable`` (free memory
+    plus reclaimable cache), else the free pages; ``None`` where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
