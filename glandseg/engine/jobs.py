@@ -24,6 +24,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from glandseg import GlandsegError
 
@@ -141,5 +142,9 @@ def worker_pool(predictor, grader, jobs: int, threads: int | None
     log.debug("%d worker processes, %s network thread(s) each", jobs, threads)
     try:
         yield pool
+    except BrokenProcessPool as exc:
+        raise GlandsegError(f"a worker process died ({exc}; killed for lack of memory?); "
+                            f"run again with fewer --jobs than {jobs} (--skip-existing keeps "
+                            "the images already done)") from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

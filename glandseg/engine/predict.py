@@ -212,6 +212,8 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
                 futures = {pool.submit(_segment_in_worker, out, p, mpp, mode): p for p in small}
                 n_done = 0
                 for f in as_completed(futures):
+                    if f.cancelled():  # after a write error
+                        continue
                     kind, value = f.result()
                     n_done += 1
                     if kind == "ok":
@@ -224,7 +226,7 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
                             g.cancel()
                     bar.update(1)
                 if write_error is not None:
-                    n_left = len(todo) - n_done + 1
+                    n_left = len(todo) - n_done + 1  # the failed image is not done either
             for i, path in enumerate(large if write_error is None else []):
                 try:
                     n = predict_slide_file(out, path, predictor, mpp, mode, progress,

@@ -179,3 +179,33 @@ def test_evaluate_in_workers_gives_the_same_figures(glas_dir: Path, predictor,
     assert one == two and one["testA"]["n_images"] == 2
     for name in ("per_image.csv", "per_image_split_gt.csv", "grades.csv"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+
+
+def test_write_error_cancels_the_images_not_started(images: list[Path], predictor,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many images, the first fails to write: the rest are cancelled, not crashed on."""
+    many = []
+    for i in range(12):
+        many.append(tmp_path / f"m{i:02d}.png")
+        many[-1].symlink_to(images[i % len(images)])
+
+    def full_disk(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine, "commit_image", full_disk)
+    with pytest.raises(GlandsegError, match=r"No space left.*stopped: 0 image\(s\).* not done"):
+        engine.predict_files(many, tmp_path / "out", predictor, progress=False, jobs=2)
+
+
+def test_a_killed_worker_is_a_one_line_error(images: list[Path], predictor, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    def killed(*a, **kw):  # as the OOM killer would
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(engine, "segment_file", killed)
+    with pytest.raises(GlandsegError, match="a worker process died.*fewer --jobs than 2"):
+        engine.predict_files(images, tmp_path / "out", predictor, progress=False, jobs=2)
