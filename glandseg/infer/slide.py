@@ -36,8 +36,11 @@ or a ``concurrent.futures`` executor), step 3 runs as tasks of 4 windows each
 stay here: the result is identical to the serial run's.
 
 The result, :class:`SlideLabels`, reads the final label image by region
-(:meth:`SlideLabels.region`) from the cached windows, so the outputs (label pyramid, GeoJSON,
-``glands.csv``, overlay: :mod:`glandseg.report.slide`) are also written region by region.
+(:meth:`SlideLabels.region`) from compressed chunks of it written once after the stitching
+(:class:`~glandseg.infer.windows.LabelChunks`: each window decoded once more, its cores cut
+into chunks of at most 512² px), so the outputs (label pyramid, GeoJSON, ``glands.csv``,
+overlay: :mod:`glandseg.report.slide`) are also written region by region, decoding only
+the chunks they touch.
 Peak memory is a few windows (``(core + 2 margin)²`` px) plus the model, whatever the size
 of the slide; there is never a full-resolution canvas.
 """
@@ -67,6 +70,8 @@ from glandseg.infer.parallel import (
 )
 from glandseg.infer.stitch import union_by_window
 from glandseg.infer.windows import (
+    MAX_CHUNK,
+    LabelChunks,
     Window,
     WindowStore,
     active_windows,
@@ -97,7 +102,8 @@ class SlideConfig:
     ``match_iou``: IoU (within the region two windows share) above which their labels are
     one gland, in (0, 1]; ``thumb_side``: longer side of the thumbnail used for the tissue
     mask and the overlay (256-16384); ``tissue``: skip windows without tissue;
-    ``lru``: windows kept decoded when reading the result back (2-64); ``aligned_tiles``:
+    ``lru``: windows kept decoded while stitching, and as many windows' worth of chunks
+    of the final labels when reading the result back (2-64); ``aligned_tiles``:
     cut each window into the fewest equal tiles of at most :data:`MAX_ALIGNED_TILE` px that
     cover it exactly (a 2560² window: 2 x 2 tiles of 1344², overlapping by the model's
     overlap) instead of the model's own tile grid (9 tiles of 1024², 9.4 MP for a 6.6 MP
@@ -172,7 +178,10 @@ class SlideLabels:
     ``(H, W)``; ``glands``: ``int64 (N, 5)`` rows ``(id, y0, x0, y1, x1)`` (frame bounding
     boxes, ids ``1..N`` in order); ``area``: ``int64 (N,)`` frame px per gland;
     ``thumbnail`` ``uint8 (h, w, 3)`` at ``thumb_zoom`` (per level-0 px) and its
-    ``tissue`` mask ``bool (h, w)``. Labels: ``uint32``, 0 = background.
+    ``tissue`` mask ``bool (h, w)``; ``chunks``: the final labels
+    (:class:`~glandseg.infer.windows.LabelChunks`, read by :meth:`region` and
+    :meth:`sample`); ``luts``: per window, its label → final id (``uint32``). Labels:
+    ``uint32``, 0 = background.
     """
 
     frame: tuple[int, int]
@@ -189,6 +198,7 @@ class SlideLabels:
     tissue: np.ndarray
     store: WindowStore
     cache_dir: Path
+    chunks: LabelChunks
     stats: SlideStats = field(default_factory=SlideStats)
     core: int = 2048
 
@@ -198,50 +208,13 @@ class SlideLabels:
 
     def region(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """Final labels ``uint32 (y1 - y0, x1 - x0)`` of a frame box (0 outside the frame)."""
-        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), np.uint32)
-        box = (y0, x0, y1, x1)
-        c = self.core
-        rows = math.ceil(self.frame[0] / c) if self.frame[0] else 1
-        cols = math.ceil(self.frame[1] / c) if self.frame[1] else 1
-        for r in range(max(0, y0 // c), min(rows, (y1 - 1) // c + 1)):
-            for col in range(max(0, x0 // c), min(cols, (x1 - 1) // c + 1)):
-                i = r * cols + col
-                lut = self.luts.get(i)
-                if lut is None:
-                    continue
-                w = self.windows[i]
-                part = intersect(w.core, box)
-                if part is None:
-                    continue
-                labels = self.store.get(i)
-                out[local(part, box)] = lut[labels[local(part, w.ext)]]
-        return out
+        return self.chunks.region(y0, x0, y1, x1)
 
     def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Labels at frame indices ``rows (h,)`` x ``cols (w,)`` (each non-decreasing):
-        ``uint32 (h, w)`` (nearest-neighbour resampling for other resolutions). Read core
-        by core, so a coarse grid over the whole slide never builds the full frame."""
-        rows = np.clip(np.asarray(rows, np.int64), 0, self.frame[0] - 1)
-        cols = np.clip(np.asarray(cols, np.int64), 0, self.frame[1] - 1)
-        out = np.zeros((rows.size, cols.size), np.uint32)
-        if rows.size == 0 or cols.size == 0:
-            return out
-        c = self.core
-        ncols = math.ceil(self.frame[1] / c)
-        rb, cb = rows // c, cols // c
-        for r in np.unique(rb).tolist():
-            r0, r1 = np.searchsorted(rb, r), np.searchsorted(rb, r, side="right")
-            for col in np.unique(cb).tolist():
-                c0, c1 = np.searchsorted(cb, col), np.searchsorted(cb, col, side="right")
-                i = r * ncols + col
-                lut = self.luts.get(i)
-                if lut is None:
-                    continue
-                w = self.windows[i]
-                labels = self.store.get(i)
-                sub = labels[(rows[r0:r1] - w.ext[0])[:, None], (cols[c0:c1] - w.ext[1])[None, :]]
-                out[r0:r1, c0:c1] = lut[sub]
-        return out
+        ``uint32 (h, w)`` (nearest-neighbour resampling for other resolutions). Read chunk
+        by chunk, so a coarse grid over the whole slide never builds the full frame."""
+        return self.chunks.sample(rows, cols)
 
     def level0(self, y: int, x: int, h: int, w: int, down: float = 1.0) -> np.ndarray:
         """Labels ``uint32 (h, w)`` of the slide at ``down`` level-0 px per px (1 = the
@@ -257,9 +230,10 @@ class SlideLabels:
             yield gid, self.region(y0, x0, y1, x1) == gid, (y0, x0)
 
     def remove_cache(self) -> None:
-        """Delete the window cache (after the outputs are written)."""
+        """Delete the window cache and the final labels (after the outputs are written)."""
         import shutil
 
+        self.chunks.close()
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
@@ -398,6 +372,24 @@ def _stitch(windows: list[Window], active: list[Window], store: WindowStore,
     return luts, glands.reshape(-1, 5), g_area[order]
 
 
+def _final_chunks(frame: tuple[int, int], active: list[Window], store: WindowStore,
+                  luts: dict[int, np.ndarray], n_glands: int, cfg: SlideConfig,
+                  folder: Path) -> LabelChunks:
+    """The final labels of every active core (each window's labels through its lut) as
+    :class:`LabelChunks` in ``folder``; the store's decoded windows are freed after."""
+    dtype = np.uint16 if n_glands < 65536 else np.uint32
+    k = math.ceil(cfg.core / MAX_CHUNK)  # chunks per core side
+    chunks = LabelChunks(frame, cfg.core, folder, cfg.lru * k * k, dtype)
+    for w in reversed(active):  # the stitching's last windows are still decoded
+        lut = luts[w.index]
+        if not lut.any():
+            continue
+        labels = store.get(w.index)
+        chunks.put(w.core, lut.astype(dtype)[labels[local(w.core, w.ext)]])
+    store.clear()
+    return chunks
+
+
 #: Largest tile side of :attr:`SlideConfig.aligned_tiles` (px): ONNX Runtime needs ~0.7 GB
 #: for a 1344² pass of unet-lite0, ~2.5 GB for a whole 2560² window.
 MAX_ALIGNED_TILE = 1536
@@ -479,9 +471,10 @@ def predict_slide(predictor, slide: Slide | str | os.PathLike, work_dir: str | o
     t0 = time.perf_counter()
     min_area = int(getattr(predictor.model_config.postprocess, "min_area", 0) or 0)
     luts, glands, area = _stitch(windows, active, store, cfg, min_area)
+    chunks = _final_chunks(frame, active, store, luts, len(glands), cfg, cache)
     stats.stitch_s = time.perf_counter() - t0
     stats.glands = len(glands)
     return SlideLabels(frame=frame, zoom=zoom, mpp=mpp, model_mpp=model_mpp(predictor),
                        shape=(H0, W0), windows=windows, luts=luts, glands=glands, area=area,
                        thumbnail=thumb, thumb_zoom=tz, tissue=tissue, store=store,
-                       cache_dir=cache, stats=stats, core=cfg.core)
+                       cache_dir=cache, chunks=chunks, stats=stats, core=cfg.core)

@@ -5,8 +5,10 @@ each window its core plus ``margin`` px of context (:func:`window_grid`); only w
 touching tissue run (:func:`tissue_mask`, :func:`active_windows`). Each window's label
 image (``uint16``/``uint32`` ``(h, w)``, 0 = background) is saved as ``<name>.npz`` in a
 cache folder named by :func:`cache_key` (slide file, model, settings), read back through
-:class:`WindowStore` (the last few decoded). Boxes are ``(y0, x0, y1, x1)``, end
-exclusive, in frame px.
+:class:`WindowStore` (the last few decoded). Once stitched, the final label image is kept
+as :class:`LabelChunks` (the cores cut into compressed chunks of at most 512² px, decoded
+one chunk at a time), so the outputs read any region in any order without decoding whole
+windows again. Boxes are ``(y0, x0, y1, x1)``, end exclusive, in frame px.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), frame px
 
 
 CACHE_VERSION = 1
+#: Largest side of a :class:`LabelChunks` chunk (px).
+MAX_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,143 @@ class WindowStore:
         while len(self._lru) > self.capacity:
             self._lru.popitem(last=False)
         return a
+
+    def clear(self) -> None:
+        """Forget the decoded windows (their memory is freed)."""
+        self._lru.clear()
+
+
+def _runs(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` (``int64 (n,)``, n ≥ 1) as a slice when it is an arithmetic progression with
+    a positive step (a view instead of a gather), else itself."""
+    if len(idx) == 1:
+        return slice(int(idx[0]), int(idx[0]) + 1)
+    step = int(idx[1] - idx[0])
+    if step > 0 and np.array_equal(np.diff(idx), np.full(len(idx) - 1, step)):
+        return slice(int(idx[0]), int(idx[-1]) + 1, step)
+    return idx
+
+
+class LabelChunks:
+    """The final label image of a frame (``uint32`` when read, 0 = background), on disk
+    in chunks: each core of the window grid (``core`` px, :func:`window_grid`) is cut into
+    ``k × k`` chunks of ``chunk = ceil(core / k)`` px (``k = ceil(core / max_chunk)``; the
+    last ones smaller at the frame's edges), each stored zlib-compressed alone in an
+    anonymous temporary file in ``folder`` (gone when closed); chunks without a gland are
+    not stored. :meth:`region` and :meth:`sample` decode only the chunks they touch, the
+    last ``capacity`` kept decoded, so glands read in any order, or a pyramid written tile
+    by tile, decode each chunk about once and memory stays a few chunks, whatever the size
+    of the slide. ``dtype``: the stored dtype (``uint16`` when the ids fit, else ``uint32``).
+    """
+
+    def __init__(self, frame: tuple[int, int], core: int, folder: Path, capacity: int,
+                 dtype=np.uint32, max_chunk: int = MAX_CHUNK) -> None:
+        self.frame, self.core, self.capacity = frame, core, max(1, capacity)
+        self.k = max(1, math.ceil(core / max_chunk))
+        self.chunk = math.ceil(core / self.k)
+        self.dtype = np.dtype(dtype)
+        self._file = tempfile.TemporaryFile(prefix=".labels-", suffix=".chunks", dir=folder)
+        self._end = 0
+        self._index: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._lru: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.decoded = 0  # chunks decompressed so far
+
+    def chunk_of(self, v: np.ndarray | int) -> np.ndarray | int:
+        """Global chunk row (or column) of frame row (or column) indices ``v``."""
+        return (v // self.core) * self.k + (v % self.core) // self.chunk
+
+    def start_of(self, g: int) -> int:
+        """First frame row (or column) of global chunk row (or column) ``g``."""
+        return (g // self.k) * self.core + (g % self.k) * self.chunk
+
+    def put(self, core: Box, labels: np.ndarray) -> None:
+        """Store the final labels of one window core: ``core`` a frame box aligned to the
+        grid, ``labels`` ``(h, w)`` of it (any unsigned dtype, cast to :attr:`dtype`)."""
+        y0, x0, y1, x1 = core
+        if labels.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"labels {labels.shape} do not match core {core}")
+        gy, gx = self.chunk_of(y0), self.chunk_of(x0)
+        c = self.chunk
+        for i, cy in enumerate(range(0, y1 - y0, c)):
+            for j, cx in enumerate(range(0, x1 - x0, c)):
+                blk = labels[cy:cy + c, cx:cx + c]
+                if not blk.any():
+                    continue
+                data = zlib.compress(np.ascontiguousarray(blk, self.dtype).tobytes(), 1)
+                self._file.seek(self._end)
+                self._file.write(data)
+                self._index[(gy + i, gx + j)] = (self._end, len(data)) + blk.shape
+                self._end += len(data)
+                self._lru.pop((gy + i, gx + j), None)
+
+    def _get(self, key: tuple[int, int]) -> np.ndarray | None:
+        a = self._lru.get(key)
+        if a is not None:
+            self._lru.move_to_end(key)
+            return a
+        where = self._index.get(key)
+        if where is None:
+            return None
+        off, n, h, w = where
+        self._file.seek(off)
+        a = np.frombuffer(zlib.decompress(self._file.read(n)), self.dtype).reshape(h, w)
+        self.decoded += 1
+        self._lru[key] = a
+        while len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        return a
+
+    def region(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Labels ``uint32 (y1 - y0, x1 - x0)`` of a frame box (0 outside the frame)."""
+        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), np.uint32)
+        H, W = self.frame
+        cy0, cx0, cy1, cx1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+        if cy0 >= cy1 or cx0 >= cx1:
+            return out
+        for gr in range(self.chunk_of(cy0), self.chunk_of(cy1 - 1) + 1):
+            sy = self.start_of(gr)
+            for gc in range(self.chunk_of(cx0), self.chunk_of(cx1 - 1) + 1):
+                blk = self._get((gr, gc))
+                if blk is None:
+                    continue
+                sx = self.start_of(gc)
+                a0, a1 = max(cy0, sy), min(cy1, sy + blk.shape[0])
+                b0, b1 = max(cx0, sx), min(cx1, sx + blk.shape[1])
+                out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = blk[a0 - sy:a1 - sy, b0 - sx:b1 - sx]
+        return out
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Labels ``uint32 (h, w)`` at frame indices ``rows (h,)`` x ``cols (w,)`` (each
+        non-decreasing, clipped to the frame): nearest-neighbour resampling."""
+        rows = np.clip(np.asarray(rows, np.int64), 0, self.frame[0] - 1)
+        cols = np.clip(np.asarray(cols, np.int64), 0, self.frame[1] - 1)
+        out = np.zeros((rows.size, cols.size), np.uint32)
+        if rows.size == 0 or cols.size == 0:
+            return out
+        rg, cg = self.chunk_of(rows), self.chunk_of(cols)
+        ur, ri = np.unique(rg, return_index=True)
+        uc, ci = np.unique(cg, return_index=True)
+        rb, cb = np.append(ri, rows.size).tolist(), np.append(ci, cols.size).tolist()
+        csel = [_runs(cols[cb[n]:cb[n + 1]] - self.start_of(int(g)))
+                for n, g in enumerate(uc.tolist())]
+        for m, gr in enumerate(ur.tolist()):
+            r0, r1 = rb[m], rb[m + 1]
+            rsel = None
+            for n, gc in enumerate(uc.tolist()):
+                blk = self._get((gr, gc))
+                if blk is None:
+                    continue
+                if rsel is None:
+                    rsel = _runs(rows[r0:r1] - self.start_of(gr))
+                cs = csel[n]
+                part = blk[rsel] if isinstance(rsel, slice) else blk[rsel, :]
+                out[r0:r1, cb[n]:cb[n + 1]] = part[:, cs]
+        return out
+
+    def close(self) -> None:
+        """Delete the chunks (the temporary file)."""
+        self._lru.clear()
+        self._file.close()
 
 
 def model_mpp(predictor) -> float:

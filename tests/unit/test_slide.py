@@ -317,6 +317,62 @@ def test_background_windows_are_skipped(tmp_path: Path) -> None:
     assert 0.05 < res.stats.tissue_mp < 0.2
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_label_chunks_read_back_like_the_array(tmp_path: Path, dtype) -> None:
+    """The final labels cut into chunks (cores of 256 px in 3 x 3 chunks of 86 px, the
+    frame's last cores smaller, empty chunks not stored) read back by region (0 outside the
+    frame) and by sampled rows and columns (clipped) exactly as the array they came from."""
+    from glandseg.infer.windows import LabelChunks
+
+    rng = np.random.default_rng(1)
+    H, W = 700, 610
+    ref = np.zeros((H, W), np.uint32)
+    top = 70000 if dtype == np.uint32 else 9
+    ref[90:420, 40:330] = rng.integers(0, top, (330, 290))
+    ref[600:700, 560:610] = top - 1  # in the smaller edge cores
+    chunks = LabelChunks((H, W), 256, tmp_path, capacity=4, dtype=dtype, max_chunk=100)
+    assert (chunks.k, chunks.chunk) == (3, 86)
+    for w in window_grid((H, W), 256, 0):
+        y0, x0, y1, x1 = w.core
+        chunks.put(w.core, ref[y0:y1, x0:x1])
+    padded = np.pad(ref, 300)
+    boxes = [(0, 0, H, W), (-20, -30, 50, 60), (650, 580, 720, 640), (85, 255, 172, 258),
+             (500, 0, 520, 10), (-10, -10, -5, 30)]
+    boxes += [tuple(int(v) for v in (y, x, y + h, x + w)) for y, x, h, w in
+              rng.integers([-40, -40, 1, 1], [H, W, 300, 300], (40, 4))]
+    for y0, x0, y1, x1 in boxes:
+        got = chunks.region(y0, x0, y1, x1)
+        assert got.dtype == np.uint32 and np.array_equal(
+            got, padded[y0 + 300:y1 + 300, x0 + 300:x1 + 300]), (y0, x0, y1, x1)
+    assert chunks.decoded > 0
+    before = chunks.decoded
+    assert not chunks.region(450, 0, 590, 500).any() and chunks.decoded == before  # none stored
+    for down in (1.0, 2.0, 3.0, 0.5, 1.7):
+        rows = np.floor((np.arange(-3, int(H / down) + 3) + 0.5) * down).astype(np.int64)
+        cols = np.floor((np.arange(-2, int(W / down) + 4) + 0.5) * down).astype(np.int64)
+        want = ref[np.clip(rows, 0, H - 1)][:, np.clip(cols, 0, W - 1)]
+        assert np.array_equal(chunks.sample(rows, cols), want), down
+    rows, cols = np.sort(rng.integers(0, H, 77)), np.sort(rng.integers(0, W, 51))
+    assert np.array_equal(chunks.sample(rows, cols), ref[rows][:, cols])
+    assert chunks.sample(np.zeros(0, np.int64), cols).shape == (0, 51)
+    chunks.close()
+
+
+def test_outputs_never_decode_the_windows_again(tmp_path: Path) -> None:
+    """Once stitched, the outputs read the final labels' chunks, not the window cache."""
+    img = disc_image(800, 900, SEAM_DISCS)
+    with open_slide(pyramid(tmp_path / "s.tif", img)) as s:
+        res = predict_slide(stub_predictor(), s, tmp_path / "c",
+                            config=SlideConfig(core=512, margin=64, thumb_side=256, lru=2),
+                            progress=False)
+        loads = res.store.loads
+        assert res.chunks.k == 1 and res.stats.active == 4
+        rows = write_slide_outputs(tmp_path / "out", "s", res, None)
+    assert res.store.loads == loads and len(rows) == len(SEAM_DISCS)
+    res.remove_cache()
+    assert not res.cache_dir.exists()
+
+
 # -- other resolutions and outputs -------------------------------------------------------
 
 def test_half_resolution_slide_outputs(tmp_path: Path) -> None:
