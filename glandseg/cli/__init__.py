@@ -78,6 +78,11 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
                         "R-CNN runs on torch")
     p.add_argument("--threads", type=int_in(1, 1024), default=None,
                    help="CPU threads of the network (default: all cores)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="fp32 (default) or int8: ONNX Runtime's int8 graph of the model "
+                        "(glas-unet ships one; `glandseg export-onnx RUN --int8` makes one), "
+                        "faster on CPUs with AVX-512 VNNI/AMX, slightly different glands "
+                        "(README: validation figures)")
 
 
 def add_jobs_arg(p: argparse.ArgumentParser) -> None:

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     rep = grade_files(args.inputs, args.out, overwrite=args.overwrite, grader=args.grader,
                       device=args.device, backend=args.backend, threads=args.threads,
+                      precision=getattr(args, "precision", "fp32"),
                       progress=not getattr(args, "quiet", False))
     n = len(rep.rows)
     print(f"graded {n} image(s): {n - rep.n_malignant} benign, {rep.n_malignant} malignant → "

@@ -61,6 +61,7 @@ def make_predictor(args: argparse.Namespace):
     pred = Predictor.from_name(args.model, device=args.device, tta=args.tta,
                                backend=getattr(args, "backend", "auto"),
                                threads=getattr(args, "threads", None),
+                               precision=getattr(args, "precision", "fp32"),
                                input_mpp=getattr(args, "input_mpp", None),
                                stain_norm=getattr(args, "stain_norm", None),
                                deblur=getattr(args, "deblur", None))

@@ -130,12 +130,12 @@ class GradeReport:
 def grade_files(inputs: list[str], out_dir: str | os.PathLike, overwrite: bool = False,
                 grader: str | Path | None = None, device: str = "auto",
                 backend: str = "auto", threads: int | None = None,
-                progress: bool = True) -> GradeReport:
+                progress: bool = True, precision: str = "fp32") -> GradeReport:
     """Grade the images of ``inputs`` (files, folders, globs:
     :func:`glandseg.report.batch.collect_inputs`) into ``<out_dir>/grades.csv``.
 
     ``grader``: a grader JSON (``None``: the bundled one), loaded on ``device`` /
-    ``backend`` / ``threads``. Raises :class:`GlandsegError` before loading the grader if
+    ``backend`` / ``threads`` / ``precision``. Raises :class:`GlandsegError` before loading the grader if
     ``grades.csv`` would replace an input or a file glandseg did not write, or if an
     earlier ``grades.csv`` of glandseg exists without ``overwrite``. An unreadable input
     or a whole slide is a failed input (logged, listed in the report); a write error (a
@@ -156,7 +156,8 @@ def grade_files(inputs: list[str], out_dir: str | os.PathLike, overwrite: bool =
     if target.exists() and not overwrite:
         raise GlandsegError(f"{target} exists (written by glandseg earlier): pass --overwrite "
                             "to replace it or choose another --out")
-    image_grader = ImageGrader.load(grader, device=device, backend=backend, threads=threads)
+    image_grader = ImageGrader.load(grader, device=device, backend=backend, threads=threads,
+                                    precision=precision)
     rows, failed = [], []
     for path in tqdm(paths, desc="grade", unit="img", disable=None if progress else True):
         try:

@@ -65,11 +65,11 @@ class ImageGrader:
     @classmethod
     def load(cls, grader: str | Path | Grader | None = None, predictor=None,
              device: str = "auto", backend: str = "auto",
-             threads: int | None = None) -> ImageGrader:
+             threads: int | None = None, precision: str = "fp32") -> ImageGrader:
         """The grader (a path, a :class:`Grader` or ``None`` = bundled) with ``predictor``
         if it has the grader's segmentation weights, else with the grader's own model (on
-        ``backend``, ``threads``: :meth:`Predictor.from_name`; the predictor's backend when
-        one is given)."""
+        ``backend``, ``threads``, ``precision``: :meth:`Predictor.from_name`; the
+        predictor's backend when one is given)."""
         g = grader if isinstance(grader, Grader) else load_grader(grader)
         if predictor is not None and predictor.fingerprint == g.segmentation.fingerprint:
             return cls(g, predictor)
@@ -79,8 +79,10 @@ class ImageGrader:
                  g.segmentation.model)
         dev = getattr(predictor, "device", device) if predictor is not None else device
         kind = predictor.backend.name if predictor is not None else backend
+        if predictor is not None:
+            precision = getattr(predictor.backend, "precision", "fp32")
         return cls(g, Predictor.from_name(g.segmentation.model, device=str(dev), backend=kind,
-                                          threads=threads))
+                                          threads=threads, precision=precision))
 
     def shares(self, predictor) -> bool:
         """Whether labels of ``predictor`` are the ones this grader needs (same weights;

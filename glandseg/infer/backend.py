@@ -34,14 +34,17 @@ import numpy as np
 from glandseg import GlandsegError
 from glandseg.models.config import ModelConfig
 from glandseg.models.fingerprint import sha256_file
+from glandseg.models.quantize import int8_path
 from glandseg.models.store import resolve_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "OnnxBackend", "TorchBackend", "choose_backend", "cache_dir",
+__all__ = ["BACKENDS", "PRECISIONS", "OnnxBackend", "TorchBackend", "choose_backend", "cache_dir",
            "ensure_onnx", "open_backend", "pick_device", "torch_missing"]
 
 BACKENDS = ("auto", "onnx", "torch")
+#: ``--precision`` of the ONNX graph: fp32 (the default; same glands as torch) or int8.
+PRECISIONS = ("fp32", "int8")
 TRAIN_EXTRA = "pip install 'glandseg[train]'"
 
 
@@ -196,6 +199,11 @@ class OnnxBackend:
     def has_encoder(self) -> bool:
         return len(self.outputs) > 1
 
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"int8"`` (:mod:`glandseg.models.quantize`)."""
+        return self.meta.get("precision", "fp32")
+
     def set_threads(self, threads: int) -> None:
         """Use ``threads`` CPU threads from now on (a new session, opened when next run)."""
         if int(threads) != self.threads:
@@ -264,13 +272,30 @@ def choose_backend(backend: str, device, cfg: ModelConfig, trained: bool) -> str
     return "onnx" if _have("onnxruntime") else "torch"
 
 
-def ensure_onnx(spec: str, weights: Path, threads: int | None = None) -> OnnxBackend:
+def ensure_onnx(spec: str, weights: Path, threads: int | None = None,
+                precision: str = "fp32") -> OnnxBackend:
     """The :class:`OnnxBackend` of the weights file ``weights`` (of model ``spec``): its
     graph beside it (``X.safetensors`` → ``X.onnx``) or in :func:`cache_dir`, made (torch)
-    when missing or stale (made from other weights)."""
+    when missing or stale (made from other weights). ``precision="int8"``: the int8 graph
+    (``X.int8.onnx``, :mod:`glandseg.models.quantize`), which is never made here (it needs
+    calibration images): missing or stale, a one-line error says how to make it."""
+    if precision not in PRECISIONS:
+        raise GlandsegError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                            f"{precision!r}")
     sha = sha256_file(weights)
     beside = weights.with_suffix(".onnx")
     cached = cache_dir() / f"{sha[:24]}.onnx"
+    if precision == "int8":
+        for path in (int8_path(beside), int8_path(cached)):
+            if path.is_file():
+                be = OnnxBackend(path, threads)
+                if be.meta.get("weights_sha256") == sha and be.precision == "int8":
+                    return be
+                log.warning("%s: not the int8 graph of %s (other weights)", path, weights)
+        raise GlandsegError(f"{weights}: no int8 graph ({int8_path(beside).name}); make one "
+                            f"with `glandseg export-onnx {spec} --int8 --calibration IMAGES` "
+                            "(a few H&E images like the ones to segment), or use --precision "
+                            "fp32")
     for path in (beside, cached):
         if path.is_file():
             be = OnnxBackend(path, threads)
@@ -298,13 +323,18 @@ def export_graph(spec: str, weights: Path, dest: Path, fallback: Path | None = N
 
 
 def open_backend(spec: str, backend: str = "auto", device="auto",
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "fp32"):
     """``(backend object, checked ModelConfig)`` of a model ``spec`` (bundled name,
-    architecture, run folder or ``.safetensors`` file)."""
+    architecture, run folder or ``.safetensors`` file); ``precision``: ``fp32`` or ``int8``
+    (ONNX Runtime only: :func:`ensure_onnx`)."""
     cfg, weights = resolve_config(spec)
     kind = choose_backend(backend, device, cfg, weights is not None)
+    if precision != "fp32" and kind != "onnx":
+        raise GlandsegError(f"--precision {precision} runs on ONNX Runtime (the CPU), not on "
+                            "torch: use --backend onnx (or auto on a machine without GPU), "
+                            "or --precision fp32")
     if kind == "onnx":
-        return ensure_onnx(spec, Path(weights), threads), cfg
+        return ensure_onnx(spec, Path(weights), threads, precision), cfg
     if not _have("torch"):
         raise torch_missing(f"model {spec} on the torch backend")
     from glandseg.models.store import load

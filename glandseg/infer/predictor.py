@@ -22,6 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from glandseg.models.config import ModelConfig, Tiling
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MPP_TOLERANCE", "Predictor", "TileConfig", "check_mpp", "model_size", "pad_to_stride", "pick_device",
+__all__ = ["CALIBRATION_SIDE", "MPP_TOLERANCE", "Predictor", "export_int8", "TileConfig", "check_mpp", "model_size", "pad_to_stride", "pick_device",
            "resample", "resize_image", "resize_labels"]
 
 #: Tiling settings (pixels at the model's working scale), checked on construction.
@@ -237,13 +238,15 @@ class Predictor:
 
     @classmethod
     def from_name(cls, spec: str, device="auto", backend: str = "auto",
-                  threads: int | None = None, **kw) -> Predictor:
+                  threads: int | None = None, precision: str = "fp32", **kw) -> Predictor:
         """Load a bundled model, architecture name, run folder or ``.safetensors`` file.
 
         ``backend``: ``auto`` (torch on a CUDA/MPS device, ONNX Runtime on the CPU where
         installed, else torch), ``onnx`` or ``torch`` (:mod:`glandseg.infer.backend`);
-        ``threads``: CPU threads of the network (default: all cores)."""
-        be, cfg = open_backend(spec, backend=backend, device=device, threads=threads)
+        ``threads``: CPU threads of the network (default: all cores); ``precision``:
+        ``fp32`` or ``int8`` (ONNX Runtime's int8 graph, :mod:`glandseg.models.quantize`)."""
+        be, cfg = open_backend(spec, backend=backend, device=device, threads=threads,
+                               precision=precision)
         return cls(be, cfg, **kw)
 
     # -- dense models ---------------------------------------------------------------
@@ -387,3 +390,35 @@ class Predictor:
         return labels, probs
 
     __call__ = predict
+
+
+#: Calibration images are cut to at most this side (px at the model's scale), centred.
+CALIBRATION_SIDE = 1024
+
+
+def export_int8(spec: str, images, dest: str | os.PathLike | None = None,
+                source: str = "") -> str:
+    """Make the int8 graph of model ``spec`` (:mod:`glandseg.models.quantize`), calibrated
+    on ``images`` (paths of H&E images like the ones to segment; each brought to the model's
+    resolution and pre-processing, a centred crop of at most :data:`CALIBRATION_SIDE` px).
+    ``dest``: where (default: beside the fp32 graph, ``X.int8.onnx``); ``source``: what the
+    images are (recorded in the graph). Returns the path written."""
+    from glandseg.data.io import read_image
+    from glandseg.models.quantize import int8_path, quantize_int8
+
+    pred = Predictor.from_name(spec, backend="onnx", deblur=None)
+    stride = pred.backend.stride
+
+    def batches():
+        for path in images:
+            image = read_image(path)
+            x = pred._to_tensor(image, pred.zoom(pred.resolution_of(path)))
+            h, w = x.shape[-2:]
+            ch, cw = min(h, CALIBRATION_SIDE), min(w, CALIBRATION_SIDE)
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+            yield pad_to_stride(x[None, :, y0:y0 + ch, x0:x0 + cw], stride, "edge")
+
+    images = list(images)
+    out = Path(dest) if dest is not None else int8_path(pred.backend.path)
+    return str(quantize_int8(pred.backend.path, out, batches(),
+                             source or f"{len(images)} image(s)"))

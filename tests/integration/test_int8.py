@@ -1,0 +1,87 @@
+"""The int8 graph (``--precision int8``): the bundled one is made from the shipped weights,
+keeps the glands close to fp32's on GlaS images, and is refused cleanly where it cannot run;
+quantising a graph keeps its outputs and metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import glandseg.weights
+from glandseg import GlandsegError
+from glandseg.data.io import read_image
+
+pytest.importorskip("onnxruntime")
+WEIGHTS = Path(glandseg.weights.__file__).parent
+
+
+def test_bundled_int8_graph_is_made_from_the_shipped_weights() -> None:
+    from glandseg.infer.backend import OnnxBackend
+    from glandseg.models.fingerprint import sha256_file
+
+    fp32 = OnnxBackend(WEIGHTS / "glas-unet.onnx")
+    q = OnnxBackend(WEIGHTS / "glas-unet.int8.onnx")
+    assert q.meta["weights_sha256"] == sha256_file(WEIGHTS / "glas-unet.safetensors"), (
+        "glas-unet.int8.onnx is stale: run benchmarks/bench_int8.py --make")
+    assert q.precision == "int8" and fp32.precision == "fp32"
+    assert q.fingerprint == fp32.fingerprint and q.outputs == fp32.outputs
+    assert "training patients" in q.meta["calibration"]
+
+
+def test_int8_glands_close_to_fp32_on_glas(glas_dir: Path) -> None:
+    from glandseg.infer.predictor import Predictor
+    from glandseg.metrics.glas import ObjectStats
+    from glandseg.metrics.score import evaluate_pairs
+
+    p32 = Predictor.from_name("glas-unet", backend="onnx", deblur="auto")
+    p8 = Predictor.from_name("glas-unet", backend="onnx", deblur="auto", precision="int8")
+    assert p8.backend.precision == "int8"
+    pairs = []
+    for stem in ("testA_1", "testB_4"):
+        image = read_image(glas_dir / f"{stem}.png")
+        a, pa = p32.predict_with_proba(image)
+        b, pb = p8.predict_with_proba(image)
+        assert np.abs(pa - pb).mean() < 0.02
+        pairs.append((stem, b, a))
+    st = ObjectStats.pool(r.stats for r in evaluate_pairs(pairs))
+    assert st.f1 >= 0.9 and st.object_dice >= 0.95, (st.f1, st.object_dice)
+
+
+def test_int8_refused_where_it_cannot_run(tmp_path: Path) -> None:
+    from glandseg.infer.backend import ensure_onnx, open_backend
+
+    with pytest.raises(GlandsegError, match="--precision int8 runs on ONNX Runtime"):
+        open_backend("glas-unet", backend="torch", precision="int8")
+    with pytest.raises(GlandsegError, match="precision must be one of"):
+        ensure_onnx("glas-unet", WEIGHTS / "glas-unet.safetensors", precision="int4")
+    # weights without an int8 graph: the error says how to make one
+    w = tmp_path / "m.safetensors"
+    w.write_bytes((WEIGHTS / "glas-unet.safetensors").read_bytes()[:64])
+    with pytest.raises(GlandsegError, match="export-onnx .* --int8 --calibration"):
+        ensure_onnx(str(w), w, precision="int8")
+
+
+def test_quantize_keeps_outputs_and_metadata(tiny_unet_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from glandseg.infer.backend import OnnxBackend, open_backend
+    from glandseg.models.quantize import int8_path, quantize_int8
+
+    fp32, _ = open_backend(str(tiny_unet_run), backend="onnx", threads=1)
+    rng = np.random.default_rng(0)
+    cal = [rng.standard_normal((1, 3, 64, 96)).astype(np.float32) for _ in range(2)]
+    out = quantize_int8(fp32.path, int8_path(fp32.path), cal, source="noise")
+    assert out.name == "best.int8.onnx"
+    q = OnnxBackend(out, 1)
+    assert q.precision == "int8" and q.meta["calibration"] == "noise"
+    assert q.meta["weights_sha256"] == fp32.meta["weights_sha256"]
+    x = cal[0]
+    assert q.run(x).shape == fp32.run(x).shape
+    assert np.corrcoef(q.run(x).ravel(), fp32.run(x).ravel())[0, 1] > 0.9
+    with pytest.raises(GlandsegError, match="no calibration images"):
+        quantize_int8(fp32.path, tmp_path / "q.onnx", [])
+    with pytest.raises(GlandsegError, match=r"\(1, 3, h, w\)"):
+        quantize_int8(fp32.path, tmp_path / "q.onnx", [np.zeros((3, 64, 64), np.float32)])
+    assert not (tmp_path / "q.onnx").exists()
