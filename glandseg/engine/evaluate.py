@@ -133,6 +133,7 @@ def _write_settings(predictor: Predictor, out: Path, data: str | Path,
         "model_fingerprint": predictor.fingerprint,
         "model_config_fingerprint": model_id(predictor),  # weights + config (slide cache)
         "backend": getattr(getattr(predictor, "backend", None), "name", None),
+        "precision": getattr(getattr(predictor, "backend", None), "precision", "fp32"),
         "model_mpp": predictor.mpp, "input_mpp": getattr(predictor, "input_mpp", None),
         "tiling": tiling.as_dict() if hasattr(tiling, "as_dict") else str(tiling),
         "tta": bool(getattr(predictor, "tta", False)),

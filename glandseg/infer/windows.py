@@ -107,8 +107,12 @@ def tissue_mask(thumb: np.ndarray, dilate: int = 2) -> np.ndarray:
 def model_id(predictor) -> str:
     """The model's config and weights (:func:`glandseg.models.fingerprint.config_fingerprint`
     of ``predictor.config`` and ``predictor.fingerprint``): identifies the model in the
-    window cache and, beside the weights fingerprint, in ``settings.json``."""
-    return config_fingerprint(predictor.config, predictor.fingerprint)
+    window cache and, beside the weights fingerprint, in ``settings.json``. An int8 graph
+    (``--precision int8``) gives other labels: its id differs."""
+    fp = predictor.fingerprint
+    if getattr(getattr(predictor, "backend", None), "precision", "fp32") != "fp32":
+        fp = f"{fp}:{predictor.backend.precision}"
+    return config_fingerprint(predictor.config, fp)
 
 
 def save_labels(path: Path, labels: np.ndarray) -> None:
