@@ -17,11 +17,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "it themselves on first use where torch is installed; this verb makes it "
                     "ahead of time, e.g. before copying a run to a machine without torch. "
                     "Needs torch and onnx: pip install 'glandseg[train]'. Mask R-CNN models "
-                    "are not exported (they run on torch).",
+                    "are not exported (they run on torch). With --bioimageio OUT.zip it "
+                    "writes a bioimage.io model package instead (QuPath, deepImageJ, "
+                    "ilastik): the per-pixel class probabilities only, not glandseg's "
+                    "instance post-processing; needs also pip install bioimageio.spec.",
     )
     p.add_argument("model", metavar="MODEL", help="run folder, .safetensors file or bundled name")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="where to write the graph (default: beside the weights)")
+    p.add_argument("--bioimageio", default=None, metavar="OUT.zip",
+                   help="write a bioimage.io model package (ONNX graph ending in softmax, "
+                        "rdf.yaml, test tensors, cover, README) to OUT.zip, checked with "
+                        "bioimageio.spec")
+    p.add_argument("--sample", default=None, metavar="IMAGE",
+                   help="with --bioimageio: a GlaS training image (e.g. GLAS/train_1.bmp) "
+                        "whose crop becomes the package's test input and cover")
+    p.add_argument("--crop", type=int, default=256, metavar="N",
+                   help="with --bioimageio: side of the test crop in pixels, a multiple of "
+                        "32 (default 256)")
     p.set_defaults(func=run)
 
 
@@ -30,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from glandseg.infer.backend import OnnxBackend, export_graph
     from glandseg.models.store import resolve_config
 
+    if args.bioimageio is not None:
+        return _run_bioimageio(args)
+    if args.sample is not None:
+        raise GlandsegError("--sample is for --bioimageio OUT.zip; drop it or add --bioimageio")
     _, weights = resolve_config(args.model)
     if weights is None:
         raise GlandsegError(f"{args.model}: an architecture without trained weights; export a "
@@ -44,4 +61,20 @@ def run(args: argparse.Namespace) -> int:
     be = OnnxBackend(path)
     print(f"wrote {path} (ONNX opset 17; outputs: {', '.join(be.outputs)}; "
           f"weights {be.meta.get('weights_sha256', '')[:12]})")
+    return 0
+
+
+def _run_bioimageio(args: argparse.Namespace) -> int:
+    from glandseg import GlandsegError
+    from glandseg.models.bioimageio import export_bioimageio
+
+    if args.out is not None:
+        raise GlandsegError("--out is the ONNX graph's path; with --bioimageio the package "
+                            "goes to the OUT.zip given there: drop --out")
+    if args.sample is None:
+        raise GlandsegError("--bioimageio needs --sample IMAGE: a GlaS training image (e.g. "
+                            "GLAS/train_1.bmp) for the package's test crop and cover")
+    path = export_bioimageio(args.model, args.bioimageio, args.sample, crop=args.crop)
+    print(f"wrote {path} (bioimage.io model package, format 0.5, ONNX opset 17; checked "
+          "with bioimageio.spec; class probabilities only, no instance post-processing)")
     return 0
