@@ -18,7 +18,8 @@
 
 The pre-processing is stated in the description, not built into the graph: ``uint8`` RGB
 → ``float32``, ``scale_linear`` (gain 1/255) and ``fixed_zero_mean_unit_variance`` with the
-model's mean and std per channel. Instance segmentation (the watershed of glandseg's
+model's mean and std per channel, then ``ensure_dtype`` ``float32`` (stated: the spec would
+otherwise end it with the input's ``uint8``). Instance segmentation (the watershed of glandseg's
 post-processing, the splitting of touching glands) is glandseg's and is not in the package.
 
 The package is checked with ``bioimageio.spec`` (``load_description(...,
@@ -360,6 +361,9 @@ def _write_contents(work: Path, model, cfg: ModelConfig, weights: Path, image: n
                 {"id": "scale_linear", "kwargs": {"gain": 1.0 / 255.0, "offset": 0.0}},
                 {"id": "fixed_zero_mean_unit_variance",
                  "kwargs": {"axis": "channel", "mean": mean, "std": std}},
+                # explicit: without a final ensure_dtype, bioimageio.spec appends one to the
+                # input's data type (uint8), which would truncate the normalised values
+                {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
             ],
         }],
         "outputs": [{
