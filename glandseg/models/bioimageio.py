@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -83,7 +84,7 @@ def _need(module: str, hint: str) -> None:
     except ImportError:  # the parent package (bioimageio) is missing
         found = False
     if not found:
-        raise GlandsegError(f"the bioimage.io export needs {module.split('.')[0]}: {hint}")
+        raise GlandsegError(f"the bioimage.io export needs {module}: {hint}")
 
 
 def export_bioimageio(spec: str, out_zip: str | Path, sample: str | Path, crop: int = 256,
@@ -162,6 +163,8 @@ def export_bioimageio(spec: str, out_zip: str | Path, sample: str | Path, crop: 
 
 def _default_name(spec: str) -> str:
     stem = Path(spec).stem if spec.endswith(".safetensors") else Path(spec).name
+    # bioimage.io names allow letters, digits, space and _+-() only
+    stem = re.sub(r"[^A-Za-z0-9_+\- ]+", "-", stem).strip("- ") or "model"
     return f"GlaS gland segmentation U-Net (glandseg {stem})"
 
 

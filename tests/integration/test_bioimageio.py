@@ -6,6 +6,7 @@ glandseg's own Predictor probabilities; a package that fails the check is never 
 from __future__ import annotations
 
 import io
+import json
 import tomllib
 import zipfile
 from pathlib import Path
@@ -140,3 +141,45 @@ def test_a_package_failing_the_check_is_refused(package: Path, glas_dir: Path,
     assert list(out.parent.iterdir()) == []
     with pytest.raises(GlandsegError, match="test image"):
         export_bioimageio("glas-unet", out, glas_dir / "testA_1.png")
+
+
+def test_export_onnx_bioimageio_cli(tiny_unet_run: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """The CLI verb on a run folder whose name has characters a bioimage.io name refuses,
+    with a synthetic training-like image (no GlaS needed); its one-line errors."""
+    from PIL import Image
+
+    from glandseg.cli import main
+    from glandseg.models.bioimageio import check_package
+
+    run = tmp_path / "run.v2"  # the tiny run at working scale 1 (its default is 0.5)
+    run.mkdir()
+    cfg = json.loads((tiny_unet_run / "config.json").read_text())
+    cfg["preprocess"]["scale"] = 1.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "best.safetensors").symlink_to(tiny_unet_run / "best.safetensors")
+    rng = np.random.default_rng(0)
+    img = np.full((100, 130, 3), (230, 190, 220), np.uint8)
+    img[20:70, 30:90] = (120, 60, 150)
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    sample = tmp_path / "train_1.png"
+    Image.fromarray(img).save(sample)
+    out = tmp_path / "pkg.zip"
+    assert main(["-q", "export-onnx", str(run), "--bioimageio", str(out), "--sample",
+                 str(sample), "--crop", "64"]) == 0
+    d = check_package(out)
+    assert str(d.name) == "GlaS gland segmentation U-Net (glandseg run-v2)"
+    assert d.inputs[0].axes[2].size.min == 32
+    capsys.readouterr()
+    assert main(["-q", "export-onnx", str(run), "--bioimageio", str(tmp_path / "b.zip")]) == 1
+    assert "--sample" in capsys.readouterr().err
+    assert main(["-q", "export-onnx", str(run), "--bioimageio", str(tmp_path / "b.zip"),
+                 "--sample", str(sample), "--crop", "256"]) == 1
+    assert "smaller than the 256x256" in capsys.readouterr().err
+    assert main(["-q", "export-onnx", str(run), "--bioimageio", str(tmp_path / "b.txt"),
+                 "--sample", str(sample)]) == 1
+    assert ".zip" in capsys.readouterr().err
+    assert main(["-q", "export-onnx", str(tiny_unet_run), "--bioimageio",
+                 str(tmp_path / "c.zip"), "--sample", str(sample)]) == 1
+    assert "working scale 0.5" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg.zip", "run.v2", "train_1.png"]
