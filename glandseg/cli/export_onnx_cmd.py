@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=256, metavar="N",
                    help="with --bioimageio: side of the test crop in pixels, a multiple of "
                         "32 (default 256)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write the int8 graph (X.int8.onnx beside X.onnx) for "
+                        "--precision int8, calibrated on --calibration images")
+    p.add_argument("--calibration", nargs="+", default=None, metavar="IMAGE",
+                   help="with --int8: H&E images like the ones to segment (files, folders or "
+                        "globs; 10-20 are enough; not the images you will score the model on)")
     p.set_defaults(func=run)
 
 
@@ -57,10 +63,29 @@ def run(args: argparse.Namespace) -> int:
         raise GlandsegError(f"--out {dest}: give a file name ending in .onnx")
     if not dest.parent.is_dir():
         raise GlandsegError(f"--out {dest}: folder {dest.parent} does not exist")
+    if args.int8 and not args.calibration:
+        raise GlandsegError("--int8 needs --calibration IMAGE...: 10-20 H&E images like the "
+                            "ones to segment (their activation ranges set the int8 scales)")
+    if args.calibration and not args.int8:
+        raise GlandsegError("--calibration is for --int8; add --int8 or drop it")
+    calibration = None
+    if args.int8:
+        from glandseg.report.batch import collect_inputs
+
+        calibration = collect_inputs(args.calibration)  # one-line errors for bad paths
     path = export_graph(args.model, weights, dest)
     be = OnnxBackend(path)
     print(f"wrote {path} (ONNX opset 17; outputs: {', '.join(be.outputs)}; "
           f"weights {be.meta.get('weights_sha256', '')[:12]})")
+    if calibration is not None:
+        from glandseg.infer.predictor import export_int8
+        from glandseg.models.quantize import int8_path
+
+        q = export_int8(args.model, calibration, int8_path(path),
+                        source=f"{len(calibration)} image(s): "
+                               + ", ".join(c.name for c in calibration[:20]))
+        print(f"wrote {q} (int8, calibrated on {len(calibration)} image(s); use it with "
+              "--precision int8)")
     return 0
 
 

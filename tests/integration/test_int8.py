@@ -69,7 +69,11 @@ def test_quantize_keeps_outputs_and_metadata(tiny_unet_run: Path, tmp_path: Path
     from glandseg.infer.backend import OnnxBackend, open_backend
     from glandseg.models.quantize import int8_path, quantize_int8
 
-    fp32, _ = open_backend(str(tiny_unet_run), backend="onnx", threads=1)
+    import shutil
+
+    run = tmp_path / "run"  # the fixture's folder is shared: work on a copy
+    shutil.copytree(tiny_unet_run, run)
+    fp32, _ = open_backend(str(run), backend="onnx", threads=1)
     rng = np.random.default_rng(0)
     cal = [rng.standard_normal((1, 3, 64, 96)).astype(np.float32) for _ in range(2)]
     out = quantize_int8(fp32.path, int8_path(fp32.path), cal, source="noise")
@@ -85,3 +89,28 @@ def test_quantize_keeps_outputs_and_metadata(tiny_unet_run: Path, tmp_path: Path
     with pytest.raises(GlandsegError, match=r"\(1, 3, h, w\)"):
         quantize_int8(fp32.path, tmp_path / "q.onnx", [np.zeros((3, 64, 64), np.float32)])
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_export_int8_then_predict(tiny_unet_run: Path, tmp_path: Path) -> None:
+    """`export-onnx RUN --int8 --calibration IMAGES` writes RUN/best.int8.onnx, which
+    `predict --precision int8` then uses; --int8 without images is a one-line error."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    import shutil
+
+    from glandseg.cli import main
+    from glandseg.data.io import write_image
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_unet_run, run)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(tmp_path / f"cal{i}.png", rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    assert main(["export-onnx", str(run), "--int8"]) != 0
+    assert not (run / "best.int8.onnx").exists()
+    assert main(["export-onnx", str(run), "--int8", "--calibration",
+                 str(tmp_path / "cal*.png")]) == 0
+    assert (run / "best.int8.onnx").is_file()
+    assert main(["-q", "predict", str(tmp_path / "cal0.png"), "--out", str(tmp_path / "o"),
+                 "--model", str(run), "--precision", "int8", "--no-grade"]) == 0
+    assert (tmp_path / "o" / "cal0.png").is_file()
