@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -201,6 +202,8 @@ class LabelChunks:
     last ``capacity`` kept decoded, so glands read in any order, or a pyramid written tile
     by tile, decode each chunk about once and memory stays a few chunks, whatever the size
     of the slide. ``dtype``: the stored dtype (``uint16`` when the ids fit, else ``uint32``).
+    Reading is thread-safe (the outputs write the label pyramid in a thread while the
+    GeoJSON reads glands); :meth:`put` is not (one writer, before any reading).
     """
 
     def __init__(self, frame: tuple[int, int], core: int, folder: Path, capacity: int,
@@ -213,6 +216,7 @@ class LabelChunks:
         self._end = 0
         self._index: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._lru: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.decoded = 0  # chunks decompressed so far
 
     def chunk_of(self, v: np.ndarray | int) -> np.ndarray | int:
@@ -242,22 +246,32 @@ class LabelChunks:
                 self._index[(gy + i, gx + j)] = (self._end, len(data)) + blk.shape
                 self._end += len(data)
                 self._lru.pop((gy + i, gx + j), None)
+        self._file.flush()  # reads go around the buffer (os.pread)
+
+    def _read(self, off: int, n: int) -> bytes:
+        if hasattr(os, "pread"):  # no shared file position: no lock
+            return os.pread(self._file.fileno(), n, off)
+        with self._lock:
+            self._file.seek(off)
+            return self._file.read(n)
 
     def _get(self, key: tuple[int, int]) -> np.ndarray | None:
-        a = self._lru.get(key)
-        if a is not None:
-            self._lru.move_to_end(key)
-            return a
-        where = self._index.get(key)
+        with self._lock:
+            a = self._lru.get(key)
+            if a is not None:
+                self._lru.move_to_end(key)
+                return a
+            where = self._index.get(key)
         if where is None:
             return None
         off, n, h, w = where
-        self._file.seek(off)
-        a = np.frombuffer(zlib.decompress(self._file.read(n)), self.dtype).reshape(h, w)
-        self.decoded += 1
-        self._lru[key] = a
-        while len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
+        # read and decompress outside the lock (both let other threads run)
+        a = np.frombuffer(zlib.decompress(self._read(off, n)), self.dtype).reshape(h, w)
+        with self._lock:
+            self.decoded += 1
+            self._lru[key] = a
+            while len(self._lru) > self.capacity:
+                self._lru.popitem(last=False)
         return a
 
     def region(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:

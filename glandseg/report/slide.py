@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,8 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES: tuple[str, ...] = (".tif", "_overlay.png", ".geojson")
 #: What a slide result must offer (:class:`glandseg.infer.slide.SlideLabels`; ``report``
 #: writes files and never imports inference): ``shape``, ``zoom``, ``thumbnail``,
-#: ``thumb_zoom``, ``level0(y, x, h, w, down)`` and ``gland_masks()``.
+#: ``thumb_zoom``, ``level0(y, x, h, w, down)`` and ``gland_masks()``, readable from two
+#: threads at once (:func:`write_slide_outputs` writes the label pyramid in a thread).
 SlideLabels = Any
 
 _PX_LENGTH = ("perimeter_px", "major_axis_px", "minor_axis_px")
@@ -125,9 +128,12 @@ def write_geojson_and_rows(path: str | os.PathLike, result: SlideLabels, stem: s
 
 
 def write_label_pyramid(path: str | os.PathLike, result: SlideLabels, mpp: float | None,
-                        tile: int = 512) -> None:
-    """The labels at level-0 resolution as a tiled pyramidal ``uint32`` TIFF, atomically."""
+                        tile: int = 512, stop: threading.Event | None = None) -> None:
+    """The labels at level-0 resolution as a tiled pyramidal ``uint32`` TIFF, atomically.
+    ``stop``: when set (from another thread), give up at the next tile (nothing written)."""
     def tile_fn(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if stop is not None and stop.is_set():
+            raise RuntimeError(f"{path}: label pyramid abandoned")
         return result.level0(y, x, h, w, down=float(2 ** level))
 
     with atomic_path(path) as tmp:
@@ -149,8 +155,18 @@ def write_slide_outputs(out_dir: str | os.PathLike, stem: str, result: SlideLabe
     for the µm columns and the TIFF's resolution tags (``None``: none)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = write_geojson_and_rows(out / f"{stem}.geojson", result, stem, mpp)
-    write_image(out / f"{stem}_overlay.png", slide_overlay(result))
-    write_label_pyramid(out / f"{stem}.tif", result, mpp)
+    # the label pyramid (reading labels, zlib) in a thread beside the GeoJSON (measuring and
+    # outlining glands): both spend much of their time outside the GIL
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="label-pyramid") as pool:
+        pyramid = pool.submit(write_label_pyramid, out / f"{stem}.tif", result, mpp, stop=stop)
+        try:
+            rows = write_geojson_and_rows(out / f"{stem}.geojson", result, stem, mpp)
+            write_image(out / f"{stem}_overlay.png", slide_overlay(result))
+        except BaseException:  # an error or Ctrl-C here: stop the pyramid, report this one
+            stop.set()
+            wait([pyramid])
+            raise
+        pyramid.result()
     log.debug("%s: %d glands written to %s", stem, len(rows), out)
     return rows

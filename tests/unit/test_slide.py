@@ -386,6 +386,19 @@ def test_label_chunks_read_back_like_the_array(tmp_path: Path, dtype) -> None:
     rows, cols = np.sort(rng.integers(0, H, 77)), np.sort(rng.integers(0, W, 51))
     assert np.array_equal(chunks.sample(rows, cols), ref[rows][:, cols])
     assert chunks.sample(np.zeros(0, np.int64), cols).shape == (0, 51)
+
+    def reads(seed: int) -> bool:  # two threads at once through one small cache
+        r = np.random.default_rng(seed)
+        for y, x, h, w in r.integers([0, 0, 1, 1], [H, W, 200, 200], (60, 4)).tolist():
+            if not np.array_equal(chunks.region(y, x, y + h, x + w),
+                                  padded[y + 300:y + h + 300, x + 300:x + w + 300]):
+                return False
+        return True
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(reads, range(4)))
     chunks.close()
 
 
@@ -402,6 +415,23 @@ def test_outputs_never_decode_the_windows_again(tmp_path: Path) -> None:
     assert res.store.loads == loads and len(rows) == len(SEAM_DISCS)
     res.remove_cache()
     assert not res.cache_dir.exists()
+
+
+def test_outputs_error_stops_the_label_pyramid(tmp_path: Path, monkeypatch) -> None:
+    """The label pyramid is written in a thread beside the GeoJSON: an error in the
+    GeoJSON is the one reported, and the pyramid stops without leaving a file."""
+    import glandseg.report.slide as rs
+
+    img = disc_image(800, 900, SEAM_DISCS)
+    with open_slide(pyramid(tmp_path / "s.tif", img)) as s:
+        res = predict_slide(stub_predictor(), s, tmp_path / "c", config=SMALL, progress=False)
+
+        def fail(*a, **k):
+            raise GlandsegError("geojson failed")
+        monkeypatch.setattr(rs, "write_geojson_and_rows", fail)
+        with pytest.raises(GlandsegError, match="geojson failed"):
+            write_slide_outputs(tmp_path / "out", "s", res, None)
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 # -- other resolutions and outputs -------------------------------------------------------
