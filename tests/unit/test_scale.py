@@ -173,7 +173,8 @@ def test_resolution_of_order_and_said_once(tmp_path: Path,
 def stub_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """``Predictor.from_name`` builds the DarkStub (min_area 20) whatever the name."""
 
-    def from_name(cls, spec, device="auto", backend="auto", threads=None, **kw):
+    def from_name(cls, spec, device="auto", backend="auto", threads=None, precision="fp32",
+                  **kw):
         return cls(DarkStub(), config(), "cpu", **kw)
 
     monkeypatch.setattr(predictor_mod.Predictor, "from_name", classmethod(from_name))
