@@ -66,10 +66,10 @@ def test_int8_refused_where_it_cannot_run(tmp_path: Path) -> None:
 def test_quantize_keeps_outputs_and_metadata(tiny_unet_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("torch")
+    import shutil
+
     from glandseg.infer.backend import OnnxBackend, open_backend
     from glandseg.models.quantize import int8_path, quantize_int8
-
-    import shutil
 
     run = tmp_path / "run"  # the fixture's folder is shared: work on a copy
     shutil.copytree(tiny_unet_run, run)
