@@ -303,18 +303,7 @@ def main() -> None:
                                                       "cpu_total_s", "peak_rss_mib") if r[k]}
             print(json.dumps(r["baseline_over_this"]), flush=True)
         results.append(r)
-    if len(results) > 1:
-        a, b = results[0], results[-1]
-        summary = {"peak_rss_ratio_largest_smallest": round(b["peak_rss_mib"] / a["peak_rss_mib"], 3),
-                   "predict_s_per_tissue_mp_ratio": round(b["predict_s_per_tissue_mp"]
-                                                          / a["predict_s_per_tissue_mp"], 3),
-                   "total_s_per_tissue_mp_ratio": round(b["total_s_per_tissue_mp"]
-                                                        / a["total_s_per_tissue_mp"], 3),
-                   "cpu_s_per_tissue_mp_ratio": round(b["cpu_s_per_tissue_mp"]
-                                                      / a["cpu_s_per_tissue_mp"], 3)}
-        print(json.dumps(summary))
-    else:
-        summary = {}
+    summary = summarize(results)
     RESULTS.mkdir(exist_ok=True)
     name = args.name or Path(args.model).name
     out = RESULTS / f"slide_{name}.json"
@@ -322,6 +311,33 @@ def main() -> None:
                                                           if k != "child"},
                                "results": results, "summary": summary}, indent=1) + "\n")
     print(f"→ {out}")
+
+
+def peak_rss_total(r: dict) -> float:
+    """Peak RSS of a run in MiB: this process's plus, with worker processes, each worker's
+    peak counted as the largest one's (an upper bound of the sum)."""
+    return round(r["peak_rss_mib"] + r.get("jobs", 1) * (r.get("peak_rss_worker_mib") or 0)
+                 if r.get("jobs", 1) > 1 else r["peak_rss_mib"], 1)
+
+
+def summarize(results: list[dict]) -> dict:
+    """Growth from the smallest slide to the largest (ratios)."""
+    for r in results:
+        r["peak_rss_total_mib"] = peak_rss_total(r)
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        summary = {"peak_rss_total_ratio_largest_smallest": round(
+                       b["peak_rss_total_mib"] / a["peak_rss_total_mib"], 3),
+                   "peak_rss_ratio_largest_smallest": round(b["peak_rss_mib"] / a["peak_rss_mib"], 3),
+                   "predict_s_per_tissue_mp_ratio": round(b["predict_s_per_tissue_mp"]
+                                                          / a["predict_s_per_tissue_mp"], 3),
+                   "total_s_per_tissue_mp_ratio": round(b["total_s_per_tissue_mp"]
+                                                        / a["total_s_per_tissue_mp"], 3),
+                   "cpu_s_per_tissue_mp_ratio": round(b["cpu_s_per_tissue_mp"]
+                                                      / a["cpu_s_per_tissue_mp"], 3)}
+        print(json.dumps(summary))
+        return summary
+    return {}
 
 
 if __name__ == "__main__":
