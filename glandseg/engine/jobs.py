@@ -141,6 +141,9 @@ def worker_pool(predictor, grader, jobs: int, threads: int | None
                                initargs=(predictor, grader, threads or 1))
     log.debug("%d worker processes, %s network thread(s) each", jobs, threads)
     try:
+        # fork every worker now, while this process runs no other thread (no ONNX Runtime
+        # pool, no progress-bar monitor): a fork beside live threads may deadlock the child
+        pool.submit(int).result()
         yield pool
     except BrokenProcessPool as exc:
         raise GlandsegError(f"a worker process died ({exc}; killed for lack of memory?); "
