@@ -45,20 +45,51 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: A container's memory limit and use (cgroup v2, then v1): ``(limit file, usage file)``.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                 "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):  # absent, or "max" (no limit)
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this container's memory limit (``None``: no limit found)."""
+    for limit_file, usage_file in CGROUP_FILES:
+        limit, used = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and limit < 1 << 60 and used is not None:
+            return max(0, limit - used)
+    return None
+
+
 def _available_memory() -> int | None:
     """Bytes of memory available to new processes: Linux's ``MemAvailable`` (free memory
-    plus reclaimable cache), else the free pages; ``None`` where neither is known."""
+    plus reclaimable cache), else the free pages, and at most what is left under a
+    container's memory limit (cgroup); ``None`` where nothing is known."""
+    found = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    found = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            found = None
+    room = _cgroup_room()
+    if room is not None:
+        found = room if found is None else min(found, room)
+    return found
 
 
 def _can_fork() -> bool:

@@ -209,3 +209,15 @@ def test_a_killed_worker_is_a_one_line_error(images: list[Path], predictor, tmp_
     monkeypatch.setattr(engine, "segment_file", killed)
     with pytest.raises(GlandsegError, match="a worker process died.*fewer --jobs than 2"):
         engine.predict_files(images, tmp_path / "out", predictor, progress=False, jobs=2)
+
+
+def test_a_container_memory_limit_caps_the_workers(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    limit, used = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text(f"{3 * 1024**3}\n")
+    used.write_text(f"{512 * 1024**2}\n")
+    monkeypatch.setattr(jobs, "CGROUP_FILES", ((str(limit), str(used)),))
+    assert jobs._available_memory() == 3 * 1024**3 - 512 * 1024**2
+    assert jobs.plan_jobs(_Pred("onnx"), 10, threads=8) == (1, 8)  # room for one worker
+    limit.write_text("max\n")  # no limit: the machine's memory counts
+    assert jobs._available_memory() > 0
