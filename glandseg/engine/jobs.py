@@ -5,15 +5,18 @@ may use) over ``jobs`` worker processes, each running ONNX Runtime with ``thread
 threads on whole images. Everything around the network (resampling, post-processing,
 outlines, PNG and GeoJSON writing) is single-threaded NumPy/SciPy, so one process per core
 keeps every core busy where one process with N network threads leaves N - 1 idle between
-networks: on a 2-core Xeon, 20 GlaS images in 2 processes x 1 thread took 5.6 s against
-8.4 s in 1 x 2 (benchmarks/results/predict.md).
+networks: on a 2-core Xeon, ``glandseg predict`` of 20 GlaS images took 5.0 s in 2 processes
+x 1 thread against 6.3 s in 1 x 2, and of 80 images 16.8 against 23.5 s
+(benchmarks/results/predict.md).
 
 - :func:`plan_jobs`: how many processes and threads for a run (``auto``: one per thread,
   at most one per image, fewer where memory is short).
 - :func:`worker_pool`: a ``concurrent.futures`` pool of forked workers that inherit the
   caller's predictor and grader (their ONNX sessions are closed first and reopened in each
-  worker with its share of threads). Linux and macOS (fork); elsewhere, and for the torch
-  backend (torch's thread pools do not survive a fork), runs stay in one process.
+  worker with its share of threads). Automatic on Linux; on macOS on request (``--jobs``:
+  forking a process that loaded Apple's frameworks can crash it); on Windows (no fork) and
+  for the torch backend (torch's thread pools do not survive a fork) runs stay in one
+  process.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -113,8 +117,8 @@ def plan_jobs(predictor, n_items: int, jobs: int | None = None, threads: int | N
     (``None``: :func:`available_cores`). Auto: one process per thread, at most ``n_items``,
     at most what the available memory holds (:data:`MEMORY_PER_JOB` each); 1 (this process)
     for a torch network or where processes cannot be forked. An explicit ``jobs > 1`` that
-    cannot run is a one-line :class:`GlandsegError`. With one process, ``threads`` is
-    returned unchanged (``None``: the backend's default).
+    cannot run is a one-line :class:`GlandsegError`. Auto is 1 outside Linux. With one
+    process, ``threads`` is returned unchanged (``None``: the backend's default).
     """
     total = int(threads) if threads else available_cores()
     found = _backends(predictor, grader)
@@ -127,8 +131,8 @@ def plan_jobs(predictor, n_items: int, jobs: int | None = None, threads: int | N
         if not _can_fork():
             raise GlandsegError(f"--jobs {jobs} needs worker processes forked from this one, "
                                 "which this OS does not offer: drop --jobs")
-    if jobs is None:
-        jobs = total if (onnx and _can_fork()) else 1
+    if jobs is None:  # macOS: forking after system frameworks load can crash; ask for it
+        jobs = total if (onnx and _can_fork() and sys.platform.startswith("linux")) else 1
         mem = _available_memory()
         if mem is not None:
             jobs = min(jobs, max(1, mem // MEMORY_PER_JOB))
