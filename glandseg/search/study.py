@@ -287,16 +287,26 @@ class Objective:
         """Stage 1 (the whole space) for the first ``stage1_count()`` trials (half by
         default); with ``stages=2`` the rest sample a space narrowed around the best complete
         stage-1 trial (``narrow_factor``)."""
+        import optuna
         from optuna.trial import TrialState
 
         if self.cfg.stages < 2:
             return 1, self.space
         n1 = self.cfg.stage1_count()
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        others = [t for t in trial.study.get_trials(deepcopy=False)
-                  if t.number != trial.number and t.user_attrs.get("stage") == 1]
-        if sum(t.state in live for t in others) < n1:
-            return 1, self.space
+        while True:
+            others = [t for t in trial.study.get_trials(deepcopy=False)
+                      if t.number != trial.number and t.user_attrs.get("stage") == 1]
+            if sum(t.state in live for t in others) < n1:
+                return 1, self.space
+            if not any(t.state == TrialState.RUNNING for t in others):
+                break
+            # stage 1 filled up while this trial was being created (another worker's last
+            # stage-1 trial still runs): narrow only once stage 1's best is final
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(trial.study)  # a dead worker's trial
+            time.sleep(POLL_S)
         done = [t for t in others if t.state == TrialState.COMPLETE]
         if not done:
             return 1, self.space
