@@ -373,6 +373,8 @@ class Objective:
         try:
             stage, space = self.stage_space(trial)
             trial.set_user_attr("stage", stage)
+            # when its space was fixed (a stage-2 trial may wait for stage 1 first)
+            trial.set_user_attr("sampled_at", time.time())
             values = space.suggest(trial)
             tp = space.train_params(values)
         except Exception as exc:  # counted: a sampling bug must not loop forever
