@@ -31,10 +31,8 @@ is renamed into place; a package that fails is never left behind. Needs torch, o
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
 import warnings
@@ -45,8 +43,9 @@ import numpy as np
 
 from glandseg import GlandsegError, __version__
 from glandseg.data.discover import split_of
-from glandseg.data.io import read_image, write_image, write_text
+from glandseg.data.io import atomic_path, read_image, write_image, write_text
 from glandseg.models.config import ModelConfig
+from glandseg.models.fingerprint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -132,31 +131,22 @@ def export_bioimageio(spec: str, out_zip: str | Path, sample: str | Path, crop: 
     if h < crop or w < crop:
         raise GlandsegError(f"{sample}: {w}x{h} px, smaller than the {crop}x{crop} test crop; "
                             "give a GlaS training image or a smaller --crop")
-    fd, tmp_zip = tempfile.mkstemp(prefix=f".{out_zip.stem}.", suffix=".zip",
-                                   dir=out_zip.parent)
-    os.close(fd)
     try:
-        with tempfile.TemporaryDirectory(prefix="glandseg-bioimageio-") as work:
+        with atomic_path(out_zip) as tmp_zip, \
+                tempfile.TemporaryDirectory(prefix="glandseg-bioimageio-") as work:
             files = _write_contents(Path(work), model, cfg, Path(weights), image, crop, stride,
                                     name or _default_name(spec), Path(sample).name)
             with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
                 for f in files:
                     zf.write(Path(work) / f, f)
-        problems = package_problems(tmp_zip)
-        if problems:
-            raise GlandsegError(f"{out_zip}: the package fails the bioimage.io check "
-                                f"({problems}); nothing was written")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_zip, 0o666 & ~umask)
-        os.replace(tmp_zip, out_zip)
+            problems = package_problems(tmp_zip)
+            if problems:  # atomic_path removes the temporary zip
+                raise GlandsegError(f"{out_zip}: the package fails the bioimage.io check "
+                                    f"({problems}); nothing was written")
     except OSError as exc:
         raise GlandsegError(f"{out_zip.parent}: cannot write the package "
                             f"({exc.strerror or exc}); free space or choose a writable "
                             "folder") from exc
-    finally:
-        if os.path.exists(tmp_zip):
-            os.unlink(tmp_zip)
     log.info("wrote the bioimage.io package %s", out_zip)
     return out_zip
 
@@ -201,14 +191,6 @@ def check_package(path: str | Path):
         return load_description(str(path), perform_io_checks=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _export_graph(model, cfg: ModelConfig, stride: int, dest: Path, weights: Path) -> None:
     """``input float32 (B, 3, H, W)`` → ``probabilities float32 (B, C, H, W)`` (softmax over
     channels; sigmoid for a binary model): the only output."""
@@ -235,7 +217,7 @@ def _export_graph(model, cfg: ModelConfig, stride: int, dest: Path, weights: Pat
                           output_names=["probabilities"], dynamic_axes=dyn, dynamo=False)
     graph = onnx.load(str(dest))
     del graph.metadata_props[:]
-    for k, v in {"glandseg_version": __version__, "weights_sha256": _sha256(weights),
+    for k, v in {"glandseg_version": __version__, "weights_sha256": sha256_file(weights),
                  "task": cfg.task, "stride": str(stride)}.items():
         graph.metadata_props.add(key=k, value=v)
     onnx.save(graph, str(dest))
@@ -355,9 +337,9 @@ def _write_contents(work: Path, model, cfg: ModelConfig, weights: Path, image: n
                 {"id": "y", **space, "size": {"min": stride, "step": stride}},
                 {"id": "x", **space, "size": {"min": stride, "step": stride}},
             ],
-            "test_tensor": {"source": "test_input.npy", "sha256": _sha256(work / "test_input.npy")},
+            "test_tensor": {"source": "test_input.npy", "sha256": sha256_file(work / "test_input.npy")},
             "sample_tensor": {"source": "sample_input.png",
-                              "sha256": _sha256(work / "sample_input.png")},
+                              "sha256": sha256_file(work / "sample_input.png")},
             "data": {"type": "uint8", "range": [0, 255]},
             "preprocessing": [
                 {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
@@ -381,13 +363,13 @@ def _write_contents(work: Path, model, cfg: ModelConfig, weights: Path, image: n
                 {"id": "x", **space, "size": {"tensor_id": "input", "axis_id": "x"}},
             ],
             "test_tensor": {"source": "test_output.npy",
-                            "sha256": _sha256(work / "test_output.npy")},
+                            "sha256": sha256_file(work / "test_output.npy")},
             "sample_tensor": {"source": "sample_output.png",
-                              "sha256": _sha256(work / "sample_output.png")},
+                              "sha256": sha256_file(work / "sample_output.png")},
             "data": {"type": "float32", "range": [0.0, 1.0]},
         }],
         "weights": {"onnx": {"source": "probabilities.onnx",
-                             "sha256": _sha256(work / "probabilities.onnx"),
+                             "sha256": sha256_file(work / "probabilities.onnx"),
                              "opset_version": OPSET}},
     }
     save_bioimageio_yaml_only(rdf, work / "rdf.yaml")
@@ -416,7 +398,7 @@ def _readme(name: str, cfg: ModelConfig, classes: list[str], mean: list[float],
 
 A U-Net ({cfg.model}) trained with glandseg (gland instance segmentation toolkit) to segment
 glands in H&E-stained colon histology (GlaS@MICCAI'2015 data), exported from
-`{weights.name}` (SHA-256 `{_sha256(weights)[:16]}…`) with glandseg {__version__}.
+`{weights.name}` (SHA-256 `{sha256_file(weights)[:16]}…`) with glandseg {__version__}.
 
 ## What it does
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from glandseg import GlandsegError, __version__
+from glandseg.data.io import atomic_path
 from glandseg.models.config import ModelConfig
 from glandseg.models.fingerprint import model_fingerprint, sha256_file
 
@@ -85,36 +84,28 @@ def export_onnx(model: nn.Module, config: ModelConfig, out: str | Path,
            "logits": {0: "batch", 2: "height", 3: "width"}}
     dyn.update({f"enc{i}": {0: "batch"} for i in range(n_stages)})
     dummy = torch.zeros(1, 3, 4 * stride, 4 * stride)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx", dir=out.parent)
-    os.close(fd)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (dummy,), tmp, opset_version=OPSET, input_names=["x"],
-                              output_names=names, dynamic_axes=dyn, dynamo=False)
-        graph = onnx.load(tmp)
-        meta = {
-            "glandseg_version": __version__,
-            "fingerprint": model_fingerprint(model),
-            "weights_sha256": sha256_file(weights) if weights else "",
-            "stride": str(stride),
-            "task": config.task,
-            "encoder_stages": str(n_stages),
-            "config": json.dumps(config.to_dict(), sort_keys=True),
-        }
-        del graph.metadata_props[:]
-        for k, v in meta.items():
-            graph.metadata_props.add(key=k, value=v)
-        onnx.save(graph, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared model from others
-        os.replace(tmp, out)
+            torch.onnx.export(net, (dummy,), str(tmp), opset_version=OPSET,
+                              input_names=["x"], output_names=names, dynamic_axes=dyn,
+                              dynamo=False)
+            graph = onnx.load(str(tmp))
+            meta = {
+                "glandseg_version": __version__,
+                "fingerprint": model_fingerprint(model),
+                "weights_sha256": sha256_file(weights) if weights else "",
+                "stride": str(stride),
+                "task": config.task,
+                "encoder_stages": str(n_stages),
+                "config": json.dumps(config.to_dict(), sort_keys=True),
+            }
+            del graph.metadata_props[:]
+            for k, v in meta.items():
+                graph.metadata_props.add(key=k, value=v)
+            onnx.save(graph, str(tmp))
     except OSError as exc:
         raise GlandsegError(f"{out.parent}: cannot write the ONNX graph ({exc.strerror or exc}); "
                             "free space or choose a writable folder") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("wrote the ONNX graph %s", out)
     return out

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from glandseg import GlandsegError
+from glandseg.data.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,8 @@ def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike,
         def get_next(self):
             return next(self.it, None)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".int8-") as tmp:
-        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
+    with atomic_path(out) as q, tempfile.TemporaryDirectory(prefix="glandseg-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         log.info("calibrating int8 ranges on %d image(s)", len(batches))
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ,
@@ -97,5 +97,4 @@ def quantize_int8(fp32: str | os.PathLike, out: str | os.PathLike,
         for k, v in meta.items():
             g.metadata_props.add(key=k, value=v)
         onnx.save(g, str(q))
-        os.replace(q, out)
     return out

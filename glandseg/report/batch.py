@@ -60,6 +60,7 @@ from glandseg.data.io import (
     write_text,
 )
 from glandseg.data.slide import SLIDE_EXTS, is_large
+from glandseg.models.fingerprint import sha256_file
 from glandseg.report.grading import GRADES_CSV
 from glandseg.report.slide import SLIDE_SUFFIXES, write_slide_outputs
 
@@ -102,18 +103,10 @@ def _record_path(out: Path, stem: str) -> Path:
     return _records_dir(out) / f"{stem}.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_id(path: Path) -> dict[str, Any]:
     """What a record keeps of a file it claims: SHA-256, size, modification time (ns)."""
     st = path.stat()
-    return {"sha256": _sha256(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _unchanged(path: Path, want: Any) -> bool:
@@ -124,7 +117,7 @@ def _unchanged(path: Path, want: Any) -> bool:
     st = path.stat()
     if st.st_size != want.get("size"):
         return False
-    return st.st_mtime_ns == want.get("mtime_ns") or _sha256(path) == want.get("sha256")
+    return st.st_mtime_ns == want.get("mtime_ns") or sha256_file(path) == want.get("sha256")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -275,7 +268,7 @@ def csv_problem(out: Path, name: str = CSV_NAME) -> str | None:
     if not path.exists():
         return None
     rec = _read_json(out / STATE_DIR / f"{Path(name).stem}.json") or {}
-    if _sha256(path) not in (rec.get("sha256") or []):
+    if sha256_file(path) not in (rec.get("sha256") or []):
         return (f"{path} exists and was not written by glandseg (or was edited since)")
     return None
 
@@ -537,7 +530,7 @@ def write_joined(out: Path, name: str, text: str) -> None:
     new = hashlib.sha256(text.encode("utf-8")).hexdigest()
     meta = out / STATE_DIR / f"{Path(name).stem}.json"
     old = out / name
-    before = [_sha256(old)] if old.is_file() else []
+    before = [sha256_file(old)] if old.is_file() else []
     write_text(meta, json.dumps({"sha256": [*before, new]}) + "\n")
     write_text(out / name, text)
     write_text(meta, json.dumps({"sha256": [new]}) + "\n")

@@ -235,19 +235,27 @@ def test_boundary_weight_keeps_glands_apart_across_a_faint_gap() -> None:
         probs_to_labels(p, "contour", {"boundary_weight": -1.0})
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_watershed_by_component_equals_the_whole_image_watershed(seed: int) -> None:
+# (shape, relief blur, seed quantile, mask level, rng seed): small seeds in a fine relief;
+# seeds covering most of each component (their inner pixels left out of the flooding) in a
+# smooth relief
+WATERSHED_CASES = [((160, 190), 2, 0.08, 0.5, s) for s in (0, 1, 2)] + [
+    ((150, 170), 3, 0.45, 0.48, s) for s in (0, 1)]
+
+
+@pytest.mark.parametrize(("shape", "blur", "seeds", "level", "seed"), WATERSHED_CASES)
+def test_watershed_by_component_equals_the_whole_image_watershed(shape, blur, seeds, level,
+                                                                 seed: int) -> None:
     """Per-component flooding gives exactly skimage's whole-image watershed (random relief
-    without exact ties, many components, markers outside the mask)."""
+    without exact ties, many components, markers outside the mask, small or large seeds)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
     from glandseg.infer.postprocess import watershed_by_component
 
     rng = np.random.default_rng(seed)
-    relief = ndi.gaussian_filter(rng.random((160, 190)), 2)
-    mask = ndi.gaussian_filter(rng.random((160, 190)), 3) > 0.5
-    markers, _ = ndi.label(relief < np.quantile(relief, 0.08))
+    relief = ndi.gaussian_filter(rng.random(shape), blur)
+    mask = ndi.gaussian_filter(rng.random(shape), 3) > level
+    markers, _ = ndi.label(relief < np.quantile(relief, seeds))
     ref = watershed(relief, markers=markers, mask=mask)
     assert np.array_equal(watershed_by_component(relief, markers, mask), ref)
 
@@ -287,20 +295,3 @@ def test_relabel_sequential_with_gaps_and_already_sequential() -> None:
     seq = np.array([[0, 1], [2, 2]], np.int32)
     again = relabel_sequential(seq)
     assert again.tolist() == seq.tolist() and again is not seq
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_watershed_by_component_with_large_seeds(seed: int) -> None:
-    """Seeds covering most of each component (their inner pixels left out of the flooding)
-    still give skimage's watershed exactly (continuous relief: no exact ties)."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
-
-    from glandseg.infer.postprocess import watershed_by_component
-
-    rng = np.random.default_rng(seed)
-    relief = ndi.gaussian_filter(rng.random((150, 170)), 3)
-    mask = ndi.gaussian_filter(rng.random((150, 170)), 3) > 0.48
-    markers, _ = ndi.label(relief < np.quantile(relief, 0.45))
-    ref = watershed(relief, markers=markers, mask=mask)
-    assert np.array_equal(watershed_by_component(relief, markers, mask), ref)
