@@ -8,6 +8,7 @@ writes the outputs and their records (the folder rules are in that module's doc)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -122,17 +123,23 @@ def segment_file(out: Path, path: Path, predictor, grader, mpp: float | None,
     return count_glands(labels)
 
 
-def _segment_in_worker(out: Path, path: Path, mpp: float | None, mode: str) -> tuple:
-    """:func:`segment_file` in a worker process (:mod:`glandseg.engine.jobs`):
-    ``("ok", glands or None)``, ``("failed", why)`` or ``("oserror", exc)``."""
-    predictor, grader = worker_state()
+def _outcome(work, *args) -> tuple:
+    """``work(*args)`` as ``("ok", its result)``, ``("failed", why)`` (a bad input: a
+    :class:`GlandsegError`, logged) or ``("oserror", exc)`` (writing failed)."""
     try:
-        return "ok", segment_file(out, path, predictor, grader, mpp, mode)
+        return "ok", work(*args)
     except GlandsegError as exc:
         log.error("%s", exc)
         return "failed", str(exc)
     except OSError as exc:
         return "oserror", exc
+
+
+def _segment_in_worker(out: Path, path: Path, mpp: float | None, mode: str) -> tuple:
+    """:func:`segment_file` in a worker process (:mod:`glandseg.engine.jobs`), as
+    :func:`_outcome`."""
+    predictor, grader = worker_state()
+    return _outcome(segment_file, out, path, predictor, grader, mpp, mode)
 
 
 def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Predictor,
@@ -182,65 +189,39 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
         log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
     large = [p for p in todo if is_large(p)]
     small = [p for p in todo if p not in large]
+    # a slide has many windows to share among the workers
     n_items = max(len(small), available_cores()) if large else len(small)
     threads = getattr(getattr(predictor, "backend", None), "threads", None)
     n_jobs, per_job = plan_jobs(predictor, n_items, jobs, threads, grader)
     write_error: tuple[Path, OSError] | None = None
     n_left = 0
-
-    def done(path: Path, n: int | None) -> None:
-        report.n_skipped += n is None
-        report.n_ok += n is not None
-        report.n_glands += n or 0
-
-    with worker_pool(predictor, grader, n_jobs, per_job) as pool:
-        bar = tqdm(total=len(todo), desc="predict", unit="img",
-                   disable=None if progress else True)
-        with bar:
-            if pool is None:
-                for i, path in enumerate(small):
-                    try:
-                        done(path, segment_file(out, path, predictor, grader, mpp, mode))
-                    except GlandsegError as exc:
-                        log.error("%s", exc)
-                        report.failed.append((str(path), str(exc)))
-                    except OSError as exc:
-                        write_error, n_left = (path, exc), len(todo) - i
-                        break
-                    bar.update(1)
-            else:
-                futures = {pool.submit(_segment_in_worker, out, p, mpp, mode): p for p in small}
-                n_done = 0
-                for f in as_completed(futures):
-                    if f.cancelled():  # after a write error
-                        continue
-                    kind, value = f.result()
-                    n_done += 1
-                    if kind == "ok":
-                        done(futures[f], value)
-                    elif kind == "failed":
-                        report.failed.append((str(futures[f]), value))
-                    elif write_error is None:
-                        write_error = (futures[f], value)
-                        for g in futures:
-                            g.cancel()
-                    bar.update(1)
-                if write_error is not None:
-                    n_left = len(todo) - n_done + 1  # the failed image is not done either
-            for i, path in enumerate(large if write_error is None else []):
-                try:
-                    n = predict_slide_file(out, path, predictor, mpp, mode, progress,
-                                           client if client is not None else pool,
-                                           threads=per_job if pool is not None else None)
-                except GlandsegError as exc:
-                    log.error("%s", exc)
-                    report.failed.append((str(path), str(exc)))
-                    continue
-                except OSError as exc:
-                    write_error, n_left = (path, exc), len(large) - i
-                    break
-                done(path, n)
-                bar.update(1)
+    with worker_pool(predictor, grader, n_jobs, per_job) as pool, \
+            tqdm(total=len(todo), desc="predict", unit="img",
+                 disable=None if progress else True) as bar:
+        futures = {}
+        if pool is None:
+            images = ((p, _outcome(segment_file, out, p, predictor, grader, mpp, mode))
+                      for p in small)
+        else:
+            futures = {pool.submit(_segment_in_worker, out, p, mpp, mode): p for p in small}
+            images = ((futures[f], f.result()) for f in as_completed(futures)
+                      if not f.cancelled())
+        slides = ((p, _outcome(predict_slide_file, out, p, predictor, mpp, mode, progress,
+                               client if client is not None else pool,
+                               per_job if pool is not None else None)) for p in large)
+        for n_done, (path, (kind, value)) in enumerate(itertools.chain(images, slides), 1):
+            bar.update(1)
+            if kind == "ok":  # glands, or None: complete outputs appeared (mode "skip")
+                report.n_skipped += value is None
+                report.n_ok += value is not None
+                report.n_glands += value or 0
+            elif kind == "failed":
+                report.failed.append((str(path), value))
+            else:  # writing failed: stop (the image is not done either)
+                write_error, n_left = (path, value), len(todo) - n_done + 1
+                for f in futures:
+                    f.cancel()
+                break
     try:
         report.n_rows = join_glands_csv(out)
         joined = None

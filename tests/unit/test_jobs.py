@@ -81,9 +81,29 @@ def predictor():
     return Predictor.from_name("glas-unet", backend="onnx", threads=2, deblur="auto")
 
 
-def test_workers_write_the_same_outputs(images: list[Path], predictor, tmp_path: Path) -> None:
+def _record_pids(monkeypatch: pytest.MonkeyPatch, module, name: str, folder: Path) -> None:
+    """Wrap ``module.name`` to leave a file named after the process that ran it."""
+    import os
+
+    real = getattr(module, name)
+    folder.mkdir()
+
+    def wrapped(*a, **kw):
+        (folder / str(os.getpid())).touch()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def test_workers_write_the_same_outputs(images: list[Path], predictor, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
     one = engine.predict_files(images, tmp_path / "one", predictor, progress=False, jobs=1)
+    _record_pids(monkeypatch, engine, "segment_file", tmp_path / "pids")
     two = engine.predict_files(images, tmp_path / "two", predictor, progress=False, jobs=2)
+    pids = {int(f.name) for f in (tmp_path / "pids").iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes did the work
     assert one.n_ok == two.n_ok == 4 and one.n_glands == two.n_glands
     assert one.n_rows == two.n_rows
     for p in images:
@@ -163,19 +183,33 @@ def test_slide_windows_in_the_workers(images: list[Path], predictor, tmp_path: P
     small = isl.SlideConfig(core=256, margin=64, thumb_side=256)
     monkeypatch.setattr(isl, "SlideConfig", lambda: small)
     paths = [src / "slide.tif", images[0]]
+    import os
+
+    from glandseg.infer import parallel
+
     one = engine.predict_files(paths, tmp_path / "one", predictor, progress=False, jobs=1)
+    _record_pids(monkeypatch, parallel, "predict_window", tmp_path / "pids")
     two = engine.predict_files(paths, tmp_path / "two", predictor, progress=False, jobs=2)
+    pids = {int(f.name) for f in (tmp_path / "pids").iterdir()}
+    assert pids and os.getpid() not in pids  # the windows ran in the workers
     assert one.n_ok == two.n_ok == 2 and one.n_glands == two.n_glands > 0
     a, b = (tifffile.imread(tmp_path / d / "slide.tif") for d in ("one", "two"))
     assert a.shape == img.shape[:2] and np.array_equal(a, b)
 
 
-def test_evaluate_in_workers_gives_the_same_figures(glas_dir: Path, predictor,
-                                                    tmp_path: Path) -> None:
-    from glandseg.engine.evaluate import evaluate_model
+def test_evaluate_in_workers_gives_the_same_figures(glas_dir: Path, predictor, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
 
-    one = evaluate_model(predictor, glas_dir, tmp_path / "one", limit=2, progress=False, jobs=1)
-    two = evaluate_model(predictor, glas_dir, tmp_path / "two", limit=2, progress=False, jobs=2)
+    import glandseg.engine.evaluate as ev
+
+    one = ev.evaluate_model(predictor, glas_dir, tmp_path / "one", limit=2, progress=False,
+                            jobs=1)
+    _record_pids(monkeypatch, ev, "evaluate_sample", tmp_path / "pids")
+    two = ev.evaluate_model(predictor, glas_dir, tmp_path / "two", limit=2, progress=False,
+                            jobs=2)
+    pids = {int(f.name) for f in (tmp_path / "pids").iterdir()}
+    assert pids and os.getpid() not in pids
     assert one == two and one["testA"]["n_images"] == 2
     for name in ("per_image.csv", "per_image_split_gt.csv", "grades.csv"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
