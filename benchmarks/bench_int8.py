@@ -13,9 +13,15 @@ other); speed: the network alone (1 thread, the same inputs, interleaved rounds)
 whole per-image pipeline (read, network, post-processing; 1 thread, interleaved).
 No test image is used.
 
+On a CPU without int8 dot-product instructions (x86 without VNNI/AMX) glandseg refuses
+int8 (:func:`glandseg.infer.backend.int8_unsupported`); ``--any-cpu`` measures it there
+anyway (to show why), written under ``--name`` (e.g. ``int8_avx2``) so as not to replace the
+figures of a CPU where it runs.
+
 Run::
 
     .venv/bin/python benchmarks/bench_int8.py [--make] [--glas ../shared/glas] [--rounds 2]
+    .venv/bin/python benchmarks/bench_int8.py --any-cpu --name int8_avx2 --rounds 1
 
 Results: ``benchmarks/results/int8.json`` and ``int8.md`` (quoted by the README).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -65,7 +72,18 @@ def main() -> None:
     ap.add_argument("--make", action="store_true")
     ap.add_argument("--glas", type=Path, default=ROOT.parent / "shared" / "glas")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--any-cpu", action="store_true",
+                    help="measure int8 on a CPU where glandseg refuses it")
+    ap.add_argument("--name", default="int8", help="results file name (without suffix)")
     args = ap.parse_args()
+
+    from glandseg.infer.backend import INT8_ANY_CPU_ENV, int8_unsupported
+
+    refused = int8_unsupported()
+    if refused and not args.any_cpu:
+        raise SystemExit(f"{refused}; --any-cpu measures it anyway (with --name)")
+    if refused:
+        os.environ[INT8_ANY_CPU_ENV] = "1"
 
     from glandseg.data.discover import discover
     from glandseg.data.io import read_image, read_label
@@ -118,24 +136,29 @@ def main() -> None:
                                     / speed["int8"]["network_s_per_mp"], 2),
            "pipeline_speedup": round(speed["fp32"]["pipeline_s_per_mp"]
                                      / speed["int8"]["pipeline_s_per_mp"], 2),
+           "int8_refused_on_this_cpu": refused,
            "delta": {k: round(quality["int8"][k] - quality["fp32"][k], 4)
                      for k in ("f1", "object_dice", "object_hausdorff")}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "int8.md").write_text(report(res))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(report(res))
     print(report(res))
 
 
 def report(r: dict) -> str:
     q, d = r["quality"], r["delta"]
     lines = ["# int8 vs fp32 ONNX graph of `glas-unet` (validation patients)", "",
-             f"Machine: {r['machine']}; `benchmarks/bench_int8.py` {r['args']}", "",
-             f"{len(r['validation_images'])} validation-patient images ({r['megapixels']} MP; "
-             f"never seen in training, nor in calibration: {len(r['calibration_images'])} "
-             "training-patient images).", "",
-             "| graph | F1 (pooled) | object Dice (pooled) | object Hausdorff (pooled) | "
-             "F1 (per-image mean) | network, 1 thread, s/MP | whole pipeline, 1 thread, s/MP |",
-             "|---|---|---|---|---|---|---|"]
+             f"Machine: {r['machine']}; `benchmarks/bench_int8.py` {r['args']}", ""]
+    if r.get("int8_refused_on_this_cpu"):
+        lines += ["**This CPU has no int8 dot-product instructions: glandseg refuses "
+                  "`--precision int8` here** (measured with `--any-cpu` to show why: "
+                  f"{r['int8_refused_on_this_cpu']}).", ""]
+    lines += [f"{len(r['validation_images'])} validation-patient images ({r['megapixels']} MP; "
+              f"never seen in training, nor in calibration: {len(r['calibration_images'])} "
+              "training-patient images).", "",
+              "| graph | F1 (pooled) | object Dice (pooled) | object Hausdorff (pooled) | "
+              "F1 (per-image mean) | network, 1 thread, s/MP | whole pipeline, 1 thread, s/MP |",
+              "|---|---|---|---|---|---|---|"]
     for p in ("fp32", "int8"):
         s = r["speed_1_thread"][p]
         lines.append(f"| {p} | {q[p]['f1']} | {q[p]['object_dice']} | "

@@ -81,8 +81,9 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="fp32 (default) or int8: ONNX Runtime's int8 graph of the model "
                         "(glas-unet ships one; `glandseg export-onnx RUN --int8` makes one), "
-                        "faster on CPUs with AVX-512 VNNI/AMX, slightly different glands "
-                        "(README: validation figures)")
+                        "faster, slightly different glands (README: validation figures); "
+                        "only on CPUs with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX; "
+                        "refused elsewhere: the glands would be wrong)")
 
 
 def add_jobs_arg(p: argparse.ArgumentParser) -> None:

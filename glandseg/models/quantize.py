@@ -7,8 +7,12 @@ graph keeps the fp32 graph's inputs, outputs (logits and encoder means) and meta
 (``weights_sha256``, ``fingerprint``, ``stride``, ...), and adds ``precision = "int8"`` and
 ``calibration`` (what it was calibrated on). Its probabilities differ slightly from the fp32
 graph's, so its glands do too: the README gives the validation figures
-(``benchmarks/bench_int8.py``). Where the CPU has AVX-512 VNNI or AMX (Intel since Cascade
-Lake, AMD since Zen 4), int8 convolutions are the fast path; elsewhere it may not pay.
+(``benchmarks/bench_int8.py``). It needs a CPU with int8 dot-product instructions (AVX-512
+VNNI, AVX-VNNI or AMX: Intel since Cascade Lake/Alder Lake, AMD since Zen 4); on other x86
+CPUs ONNX Runtime's int8 convolutions saturate and the glands are wrong, so the backend
+refuses it there (:func:`glandseg.infer.backend.int8_unsupported`). Quantising with 7-bit
+weights (``reduce_range``) avoids the saturation but lost 0.021 of F1 on the validation
+patients (AMD EPYC, AVX2), outside the 0.005 allowed, so it is not offered.
 
 Needs ``onnx`` (``pip install 'glandseg[train]'``) to make the graph; ONNX Runtime alone
 runs it.

@@ -1,5 +1,6 @@
 """The int8 graph (``--precision int8``): the bundled one is made from the shipped weights,
-keeps the glands close to fp32's on GlaS images, and is refused cleanly where it cannot run;
+keeps the glands close to fp32's on GlaS images (on a CPU with int8 dot products), and is
+refused cleanly where it cannot run (torch, no graph, a CPU whose int8 kernels saturate);
 quantising a graph keeps its outputs and metadata."""
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ pytest.importorskip("onnxruntime")
 WEIGHTS = Path(glandseg.weights.__file__).parent
 
 
+@pytest.fixture
+def int8_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this CPU has AVX-512 VNNI (tests of the plumbing, not of the glands)."""
+    import glandseg.infer.backend as backend
+
+    monkeypatch.setattr(backend, "_x86_flags", lambda: {"avx2", "avx512_vnni"})
+
+
 def test_bundled_int8_graph_is_made_from_the_shipped_weights() -> None:
     from glandseg.infer.backend import OnnxBackend
     from glandseg.models.fingerprint import sha256_file
@@ -31,7 +40,12 @@ def test_bundled_int8_graph_is_made_from_the_shipped_weights() -> None:
 
 
 def test_int8_glands_close_to_fp32_on_glas(glas_dir: Path) -> None:
+    from glandseg.infer.backend import int8_unsupported
     from glandseg.infer.predictor import Predictor
+
+    if int8_unsupported() is not None:
+        pytest.skip("this CPU lacks int8 dot-product instructions (VNNI/AMX): int8 is refused "
+                    "here (test_int8_refused_on_a_cpu_whose_kernels_saturate)")
     from glandseg.metrics.glas import ObjectStats
     from glandseg.metrics.score import evaluate_pairs
 
@@ -49,7 +63,54 @@ def test_int8_glands_close_to_fp32_on_glas(glas_dir: Path) -> None:
     assert st.f1 >= 0.9 and st.object_dice >= 0.95, (st.f1, st.object_dice)
 
 
-def test_int8_refused_where_it_cannot_run(tmp_path: Path) -> None:
+def test_int8_refused_on_a_cpu_whose_kernels_saturate(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """x86 without VNNI/AVX-VNNI/AMX: a one-line error, a non-zero exit, nothing written;
+    with one of them, or on ARM, or with GLANDSEG_INT8_ANY_CPU=1, the graph opens."""
+    import glandseg.infer.backend as backend
+    from glandseg.cli import main
+    from glandseg.data.io import write_image
+    from glandseg.infer.backend import INT8_ANY_CPU_ENV, int8_unsupported, open_backend
+
+    monkeypatch.delenv(INT8_ANY_CPU_ENV, raising=False)
+    monkeypatch.setattr(backend.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(backend, "_x86_flags", lambda: {"sse2", "avx2", "fma", "avx512f"})
+    assert "int8 dot-product" in int8_unsupported()
+    with pytest.raises(GlandsegError, match="use --precision fp32"):
+        open_backend("glas-unet", backend="onnx", precision="int8")
+    img = tmp_path / "in.png"
+    write_image(img, np.full((64, 96, 3), 200, np.uint8))
+    assert main(["-q", "predict", str(img), "--out", str(tmp_path / "o"), "--backend", "onnx",
+                 "--precision", "int8", "--no-grade"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "AVX-512 VNNI" in err[0], err
+    assert not (tmp_path / "o" / "in.png").exists()
+    assert open_backend("glas-unet", backend="onnx", precision="fp32")[0].precision == "fp32"
+    for flags in ({"avx2", "avx_vnni"}, {"avx512f", "avx512_vnni"}, {"amx_int8"}):
+        monkeypatch.setattr(backend, "_x86_flags", lambda f=flags: f)
+        assert int8_unsupported() is None, flags
+    be, _ = open_backend("glas-unet", backend="onnx", precision="int8")
+    assert be.precision == "int8"
+    monkeypatch.setattr(backend, "_x86_flags", lambda: {"avx2"})
+    monkeypatch.setenv(INT8_ANY_CPU_ENV, "1")
+    assert int8_unsupported() is None
+    monkeypatch.delenv(INT8_ANY_CPU_ENV)
+    monkeypatch.setattr(backend.platform, "machine", lambda: "aarch64")
+    assert int8_unsupported() is None
+
+
+def test_cpu_flags_are_read() -> None:
+    """The detection reads real flags on this machine (NumPy's, and /proc/cpuinfo on Linux)."""
+    import platform
+
+    from glandseg.infer.backend import _x86_flags
+
+    flags = _x86_flags()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "sse2" in flags, sorted(flags)
+
+
+def test_int8_refused_where_it_cannot_run(tmp_path: Path, int8_cpu: None) -> None:
     from glandseg.infer.backend import ensure_onnx, open_backend
 
     with pytest.raises(GlandsegError, match="--precision int8 runs on ONNX Runtime"):
@@ -91,7 +152,8 @@ def test_quantize_keeps_outputs_and_metadata(tiny_unet_run: Path, tmp_path: Path
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_cli_export_int8_then_predict(tiny_unet_run: Path, tmp_path: Path) -> None:
+def test_cli_export_int8_then_predict(tiny_unet_run: Path, tmp_path: Path,
+                                     int8_cpu: None) -> None:
     """`export-onnx RUN --int8 --calibration IMAGES` writes RUN/best.int8.onnx, which
     `predict --precision int8` then uses; --int8 without images is a one-line error."""
     pytest.importorskip("onnx")
