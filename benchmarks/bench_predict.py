@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--sets", default="crop,20,80")
     ap.add_argument("--old-commit", default="4beb0fe")
     ap.add_argument("--glas", type=Path, default=ROOT.parent / "shared" / "glas")
+    ap.add_argument("--name", default="predict",
+                    help="results file name (without suffix), e.g. predict_epyc for a 2nd CPU")
     args = ap.parse_args()
     sets = args.sets.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="glandseg_bench_predict_"))
@@ -215,8 +217,9 @@ def main() -> None:
         res = {"machine": machine(), "args": vars(args) | {"glas": str(args.glas)},
                "load_before": os.getloadavg(), "sets": summary, "marginal": marginal}
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "predict.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-        (RESULTS / "predict.md").write_text(report(res))
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1, default=str)
+                                                     + "\n")
+        (RESULTS / f"{args.name}.md").write_text(report(res))
         print(report(res))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT,
