@@ -107,7 +107,7 @@ def evaluate_sample(s, out: Path, predictor: Predictor, grader=None) -> tuple:
     write_error_outputs(out / "errors", s.name, image, labels, split_gt_components(truth))
     grade = None
     if grader is not None:
-        grade = grader.grade(image, labels if grader.shares(predictor) else None)
+        grade = grader.grade_segmented(image, labels, predictor)
     return res, split_res, blur, grade
 
 

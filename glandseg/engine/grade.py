@@ -52,30 +52,20 @@ def open_grader(predictor=None, grader: str | Path | None = None, device: str = 
 @dataclass
 class GradeLog:
     """Per-image grades of an evaluation (see the module doc). ``grader``: an
-    :class:`~glandseg.grade.engine.ImageGrader`; ``predictor``: the evaluated model (its
-    labels are reused when the grader was fit on it)."""
+    :class:`~glandseg.grade.engine.ImageGrader` (which grades the images, e.g. in worker
+    processes: :meth:`~glandseg.grade.engine.ImageGrader.grade_segmented`)."""
 
     grader: Any
-    predictor: Any = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._reuse = self.grader.shares(self.predictor)
 
     @classmethod
     def open(cls, predictor=None, grader: str | Path | None = None) -> GradeLog | None:
         """A log grading with :func:`open_grader` (``None`` if it cannot grade)."""
         g = open_grader(predictor, grader, device=getattr(predictor, "device", "auto"))
-        return None if g is None else cls(g, predictor)
-
-    def add(self, stem: str, part: str, truth: str | None, image, labels=None) -> None:
-        """Grade one image ``uint8 (H, W, 3)``; ``labels``: the evaluated model's labels
-        ``(H, W)`` (0 = background), reused if the grader was fit on that model."""
-        self.record(stem, part, truth, self.grader.grade(image, labels if self._reuse else None))
+        return None if g is None else cls(g)
 
     def record(self, stem: str, part: str, truth: str | None, g) -> None:
-        """Log the :class:`~glandseg.grade.engine.Grade` ``g`` of one image (graded
-        elsewhere, e.g. in a worker process)."""
+        """Log the :class:`~glandseg.grade.engine.Grade` ``g`` of one image."""
         self.rows.append({"image": stem, "part": part, "truth": truth or "",
                           "grade": g.grade, PROBABILITY: g.probability,
                           "correct": "" if not truth else int(truth == g.grade)})

@@ -187,8 +187,9 @@ def predict_files(paths: list[Path], out_dir: str | os.PathLike, predictor: Pred
     report = PredictReport(n_skipped=len(skipped))
     if skipped:
         log.info("%d image(s) with complete outputs in %s skipped", len(skipped), out)
-    large = [p for p in todo if is_large(p)]
-    small = [p for p in todo if p not in large]
+    large, small = [], []
+    for p in todo:
+        (large if is_large(p) else small).append(p)
     # a slide has many windows to share among the workers
     n_items = max(len(small), available_cores()) if large else len(small)
     threads = getattr(getattr(predictor, "backend", None), "threads", None)
@@ -245,7 +246,7 @@ def _grade(grader, predictor, path: Path, image, labels):
     if grader is None:
         return None
     try:
-        return grader.grade(image, labels if grader.shares(predictor) else None)
+        return grader.grade_segmented(image, labels, predictor)
     except (GlandsegError, ValueError) as exc:
         log.warning("%s: not graded (%s)", path, exc)
         return None

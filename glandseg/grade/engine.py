@@ -110,3 +110,9 @@ class ImageGrader:
         x = self.grader.vector(self.features(image, labels))
         p = float(self.grader.probability(x)[0])
         return Grade(self.grader.label(p), p)
+
+    def grade_segmented(self, image: np.ndarray, labels: np.ndarray, predictor) -> Grade:
+        """Grade one image ``uint8 (H, W, 3)`` that ``predictor`` segmented into ``labels``
+        ``(H, W)`` (0 = background): the labels are reused where this grader was fit on
+        ``predictor``'s weights (:meth:`shares`), else the grader segments it itself."""
+        return self.grade(image, labels if self.shares(predictor) else None)

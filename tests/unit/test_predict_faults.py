@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import csv
 import errno
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import re
 import threading
 import time
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import glandseg.cli
 from glandseg import GlandsegError
 from glandseg.cli import main
 from glandseg.data import io as gio
@@ -29,6 +32,12 @@ from glandseg.engine import predict as engine
 from glandseg.report import batch
 from glandseg.report import outputs as o
 from tests.conftest import synth_pair
+
+# every verb module imported now: demo and evaluate bind predict_cmd.make_predictor when
+# imported (lazily, by the CLI's first run), which must not happen while a test patches it
+for _verb in pkgutil.iter_modules(glandseg.cli.__path__):
+    if _verb.name.endswith("_cmd"):
+        importlib.import_module(f"glandseg.cli.{_verb.name}")
 
 
 class FakePredictor:
@@ -440,7 +449,7 @@ class _Grade:
 
 
 class _FakeGrader:
-    """What :class:`GradeLog` uses of an ImageGrader."""
+    """What :class:`GradeLog` uses of an ImageGrader (its ``grader``), and its grades."""
 
     def __init__(self) -> None:
         from types import SimpleNamespace
@@ -450,9 +459,6 @@ class _FakeGrader:
                                       threshold=0.5, feature_set="encoder", features=[1, 2],
                                       segmentation=seg, source="bundled")
         self.p = iter([0.2, 0.8, 0.4, 0.1, 0.3])
-
-    def shares(self, predictor) -> bool:
-        return False
 
     def grade(self, image, labels=None) -> _Grade:
         return _Grade(next(self.p))
@@ -466,7 +472,7 @@ def test_grading_with_one_class_says_na_and_writes_null(tmp_path: Path) -> None:
     for stem, part, truth in [("testA_1", "testA", "benign"), ("testA_2", "testA", "malignant"),
                               ("=testB_1", "testB", "benign"), ("testB_2", "testB", "benign"),
                               ("testB_3", "testB", "benign")]:
-        log.add(stem, part, truth, None)
+        log.record(stem, part, truth, log.grader.grade(None))
     summary = log.write(tmp_path)
     text = (tmp_path / "grading.json").read_text()
     assert "NaN" not in text
