@@ -30,6 +30,7 @@ from scipy import ndimage as ndi
 
 from glandseg import GlandsegError, __version__
 from glandseg.data.slide import Slide
+from glandseg.infer.postprocess import fill_mask_holes
 from glandseg.models.config import GLAS_MPP
 from glandseg.models.fingerprint import config_fingerprint
 
@@ -108,13 +109,7 @@ def tissue_mask(thumb: np.ndarray, dilate: int = 2) -> np.ndarray:
     t = float(threshold_otsu(sat)) if sat.size > 1 and np.ptp(sat) > 0 else 0.15
     mask = sat > min(max(t, 0.04), 0.15)
     mask = ndi.binary_opening(mask, iterations=1)
-    # holes: background (4-connected) not reached from outside, as ndi.binary_fill_holes
-    # finds them (same mask), by one labelling instead of an iterated dilation
-    bg, n = ndi.label(~mask)
-    outside = np.zeros(n + 1, bool)
-    outside[np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]])] = True
-    outside[0] = False
-    mask = ~outside[bg]
+    mask = fill_mask_holes(mask)
     if dilate > 0:
         mask = ndi.binary_dilation(mask, iterations=dilate)
     return mask
